@@ -1,0 +1,99 @@
+"""Config helpers shared by configs/*.py: big_vision-style typed string arguments and the default
+train config (ml-collections stays at the edges: the model itself takes a plain dataclass).
+
+`parse_arg("task=sst2,variant=squeezebert-base,runlocal=True", task="", variant="", runlocal=False)`
+returns a ConfigDict whose values take the type of their defaults.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+MODEL_INT_FIELDS = ("vocab_size", "num_hidden_layers", "hidden_size", "embedding_size", "num_attention_heads",
+                    "intermediate_size", "q_groups", "k_groups", "v_groups",
+                    "post_attention_groups", "intermediate_groups", "output_groups",
+                    "max_position_embeddings")
+MODEL_FLOAT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def _cast(value: str, default):
+  if isinstance(default, bool):
+    if value.lower() in ("1", "true", "yes", ""):
+      return True
+    if value.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(f"expected a boolean, got {value!r}")
+  if isinstance(default, int):
+    return int(value)
+  if isinstance(default, float):
+    return float(value)
+  return value
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    try:
+      out[key] = _cast(value, defaults[key])
+    except ValueError as e:
+      raise ValueError(f"config argument {key}={value!r}: {e}") from None
+  return ml_collections.ConfigDict(out)
+
+
+def base_train_config() -> ml_collections.ConfigDict:
+  """Fields every run has; task configs override them. One commented field per line."""
+  c = ml_collections.ConfigDict()
+  c.mode = "train"                # train | eval (eval the best/latest checkpoint) | predict (test set)
+  c.seed = 0                      # params init, data order and dropout all derive from it
+  c.task = ""                     # e.g. "sst2"; see squeezebert/train/tasks.py
+  # Model: a preset from squeezebert/model/config.py plus field overrides.
+  c.model = ml_collections.ConfigDict(dict(variant="squeezebert-base"))
+  # Optional ModelConfig field overrides (None = keep the preset's / checkpoint's value).
+  for name in MODEL_INT_FIELDS:
+    c.model[name] = config_dict.placeholder(int)
+  for name in MODEL_FLOAT_FIELDS:
+    c.model[name] = config_dict.placeholder(float)
+  c.init_from = ""                # "" (scratch) | HF dir | our model dir | a training workdir
+  c.dtype = "float32"             # compute dtype: float32 | bfloat16 (params stay float32)
+  # Data.
+  c.data = ml_collections.ConfigDict(dict(
+      source="auto",              # auto | tfds | tsv
+      tfds_data_dir="",           # "" -> $TFDS_DATA_DIR -> tfds default
+      tsv_dir="",                 # GLUE TSV layout dir (fallback); "" -> $GLUE_DIR
+      vocab="",                   # vocab.txt; "" -> $SQUEEZEBERT_VOCAB -> the MiniLM package's
+      max_len=128,                # tokens incl. [CLS]/[SEP]; longer inputs are truncated
+      bucket_boundaries=(32, 64, 96, 128),  # padded lengths (dynamic padding)
+      train_limit=0,              # >0: use only the first N training examples (smoke tests)
+      eval_limit=0,               # >0: evaluate on the first N examples only
+  ))
+  # Optimisation.
+  c.batch_size = 32               # global batch (all devices, all processes)
+  c.grad_accum_steps = 1          # micro-batches per update (batch_size must divide by it)
+  c.num_epochs = 3.0              # used when num_train_steps <= 0
+  c.num_train_steps = 0           # >0 overrides num_epochs
+  c.optimizer = "adamw"           # adamw | lamb
+  c.learning_rate = 5e-5
+  c.warmup_ratio = 0.1            # fraction of total steps (ignored if warmup_steps > 0)
+  c.warmup_steps = 0
+  c.weight_decay = 0.01           # never applied to LayerNorm params and biases
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.999
+  c.adam_eps = 1e-6
+  c.grad_clip_norm = 1.0          # 0 disables
+  # Bookkeeping.
+  c.log_every_steps = 50
+  c.eval_every_steps = 0          # 0 -> once per epoch
+  c.checkpoint_every_steps = 0    # 0 -> at every eval
+  c.keep_checkpoints = 2          # latest N kept, plus the best by the task metric
+  c.progress_bar = True
+  c.distributed = False           # call jax.distributed.initialize() (multi-host)
+  c.stop_after_steps = 0          # >0: stop (as if preempted) after this many steps this run
+  return c
+
+
+def model_overrides(model_cfg) -> dict:
+  """The ModelConfig fields set in config.model (None placeholders dropped)."""
+  names = MODEL_INT_FIELDS + MODEL_FLOAT_FIELDS
+  return {k: model_cfg[k] for k in names if k in model_cfg and model_cfg[k] is not None}

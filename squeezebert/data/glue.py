@@ -1,0 +1,248 @@
+"""GLUE task table and example loading from TFDS or the official GLUE TSV files.
+
+Both sources yield the same features: TSV rows are parsed exactly as TFDS' glue builder parses
+them (csv.QUOTE_NONE, idx = data-row number, labels mapped to TFDS ClassLabel ids), so a run
+gives the same examples whichever source is present.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import os
+
+import numpy as np
+
+TFDS_DIR_ENV = "TFDS_DATA_DIR"
+GLUE_DIR_ENV = "GLUE_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """One GLUE task. `label_names` follow TFDS' label.labels.txt order (empty for regression)."""
+  name: str
+  tsv_folder: str                    # folder in download_glue_data.py output
+  text_keys: tuple[str, ...]         # TFDS feature names: (a,) or (a, b)
+  tsv_columns: tuple[str, ...]       # matching TSV header columns
+  tsv_label: str                     # TSV label column ("" if none)
+  label_names: tuple[str, ...]
+  metrics: tuple[str, ...]           # official GLUE metrics, names as in squeezebert.metrics
+  main_metric: str                   # key of glue_metrics() used to pick the best checkpoint
+  eval_splits: tuple[str, ...]
+  test_splits: tuple[str, ...]
+  submission_files: tuple[str, ...]  # one per test split
+  submit_label_names: bool = False   # GLUE server wants label names (NLI tasks) vs 0/1
+  train_split: str | None = "train"
+
+  @property
+  def tfds_name(self) -> str:
+    return f"glue/{self.name}"
+
+  @property
+  def is_regression(self) -> bool:
+    return not self.label_names
+
+  @property
+  def num_labels(self) -> int:
+    return 1 if self.is_regression else len(self.label_names)
+
+  @property
+  def is_pair(self) -> bool:
+    return len(self.text_keys) == 2
+
+  def submission_file(self, split: str) -> str:
+    if split not in self.test_splits:
+      raise ValueError(f"{self.name}: {split!r} is not a test split; one of {self.test_splits}")
+    return self.submission_files[self.test_splits.index(split)]
+
+
+_ACC = ("accuracy",)
+_NLI3 = ("entailment", "neutral", "contradiction")
+
+
+def _spec(name, folder, keys, cols, label_col, labels, metrics, **kw) -> TaskSpec:
+  main = metrics[0] if len(metrics) == 1 else "combined"  # GLUE's task score: mean of its metrics
+  kw.setdefault("eval_splits", ("validation",))
+  kw.setdefault("test_splits", ("test",))
+  return TaskSpec(name, folder, keys, cols, label_col, labels, metrics, main, **kw)
+
+
+TASKS: dict[str, TaskSpec] = {s.name: s for s in [
+    _spec("cola", "CoLA", ("sentence",), ("sentence",), "is_acceptable",
+          ("unacceptable", "acceptable"), ("matthews_corrcoef",), submission_files=("CoLA.tsv",)),
+    _spec("sst2", "SST-2", ("sentence",), ("sentence",), "label", ("negative", "positive"), _ACC,
+          submission_files=("SST-2.tsv",)),
+    _spec("mrpc", "MRPC", ("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality",
+          ("not_equivalent", "equivalent"), ("f1", "accuracy"), submission_files=("MRPC.tsv",)),
+    _spec("stsb", "STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "score", (),
+          ("pearson", "spearman"), submission_files=("STS-B.tsv",)),
+    _spec("qqp", "QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate",
+          ("not_duplicate", "duplicate"), ("f1", "accuracy"), submission_files=("QQP.tsv",)),
+    _spec("mnli", "MNLI", ("premise", "hypothesis"), ("sentence1", "sentence2"), "gold_label",
+          _NLI3, _ACC, eval_splits=("validation_matched", "validation_mismatched"),
+          test_splits=("test_matched", "test_mismatched"),
+          submission_files=("MNLI-m.tsv", "MNLI-mm.tsv"), submit_label_names=True),
+    _spec("qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label",
+          ("entailment", "not_entailment"), _ACC, submission_files=("QNLI.tsv",),
+          submit_label_names=True),
+    _spec("rte", "RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label",
+          ("entailment", "not_entailment"), _ACC, submission_files=("RTE.tsv",),
+          submit_label_names=True),
+    _spec("wnli", "WNLI", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label",
+          ("not_entailment", "entailment"), _ACC, submission_files=("WNLI.tsv",)),
+    # Diagnostic set: unlabeled test only; predict it with an MNLI model. GLUE scores it with
+    # the 3-class Matthews correlation (R3).
+    _spec("ax", "diagnostic", ("premise", "hypothesis"), ("sentence1", "sentence2"), "", _NLI3,
+          ("matthews_corrcoef",), eval_splits=(), submission_files=("AX.tsv",),
+          submit_label_names=True, train_split=None),
+]}
+
+
+def get_task(name: str) -> TaskSpec:
+  key = name.lower().replace("-", "")
+  if key not in TASKS:
+    raise ValueError(f"unknown GLUE task {name!r}; known tasks: {', '.join(TASKS)}")
+  return TASKS[key]
+
+
+def _splits(spec: TaskSpec) -> tuple[str, ...]:
+  return ((spec.train_split,) if spec.train_split else ()) + spec.eval_splits + spec.test_splits
+
+
+# ---------------------------------------------------------------------------------------------
+# TFDS
+
+
+def tfds_data_dir(data_dir: str | None = None) -> str:
+  """Explicit dir -> $TFDS_DATA_DIR -> TFDS' default (~/tensorflow_datasets)."""
+  return data_dir or os.environ.get(TFDS_DIR_ENV) or os.path.expanduser("~/tensorflow_datasets")
+
+
+def tfds_prepared(spec: TaskSpec, data_dir: str | None = None) -> bool:
+  """Whether <data_dir>/glue/<task>/<version>/dataset_info.json exists (no TF import)."""
+  pattern = os.path.join(tfds_data_dir(data_dir), *spec.tfds_name.split("/"), "*",
+                         "dataset_info.json")
+  return bool(glob.glob(pattern))
+
+
+def _load_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> dict:
+  import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
+
+  if data_dir is not None and "://" not in data_dir and not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"TFDS data_dir does not exist: {data_dir}")
+  data_dir = data_dir or os.environ.get(TFDS_DIR_ENV) or None
+  # batch_size=-1: the whole split as one batch of arrays (GLUE splits fit in memory easily);
+  # several times faster than iterating examples.
+  ds = tfds.load(spec.tfds_name, split=split, data_dir=data_dir, batch_size=-1)
+  cols = tfds.as_numpy(ds)
+  texts = [[t.decode("utf-8") for t in cols[k].tolist()] for k in spec.text_keys]
+  return _pack(spec, cols["idx"], texts, cols["label"])
+
+
+# ---------------------------------------------------------------------------------------------
+# GLUE TSV (download_glue_data.py layout)
+
+
+def tsv_path(spec: TaskSpec, split: str, tsv_dir: str) -> str:
+  if spec.name == "ax":
+    fname = "diagnostic.tsv"
+  else:  # validation -> dev, validation_matched -> dev_matched, test_matched -> test_matched
+    fname = split.replace("validation", "dev") + ".tsv"
+  return os.path.join(tsv_dir, spec.tsv_folder, fname)
+
+
+def _read_tsv_rows(spec: TaskSpec, path: str, split: str):
+  """Yields dict rows like TFDS' glue builder (CoLA train/dev: headerless, 4 columns)."""
+  # utf-8-sig drops the BOM before MRPC's "Quality" header.
+  with open(path, encoding="utf-8-sig") as f:
+    if spec.name == "cola" and split != "test":
+      for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+        yield {"sentence": row[3], "is_acceptable": row[1]}
+    else:
+      yield from csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+
+
+def _load_tsv(spec: TaskSpec, split: str, tsv_dir: str) -> dict:
+  if not os.path.isdir(tsv_dir):
+    raise FileNotFoundError(f"GLUE TSV directory does not exist: {tsv_dir}")
+  path = tsv_path(spec, split, tsv_dir)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"GLUE TSV file for {spec.name}/{split} not found: {path}")
+  idx, texts, labels = [], [[] for _ in spec.text_keys], []
+  for n, row in enumerate(_read_tsv_rows(spec, path, split)):
+    vals = [row.get(c) for c in spec.tsv_columns]
+    label = row.get(spec.tsv_label)
+    if spec.tsv_label not in row or split.startswith("test"):
+      label = -1
+    elif spec.is_regression:
+      label = float(label) if label else None
+    elif label in spec.label_names:
+      label = spec.label_names.index(label)
+    else:  # 0/1 label columns (CoLA, SST-2, MRPC, QQP, WNLI)
+      label = int(label) if label else None
+    # Like TFDS, skip malformed rows (missing columns or label) but keep counting `n`.
+    if label is None or any(v is None for v in vals):
+      continue
+    idx.append(n)
+    labels.append(label)
+    for t, v in zip(texts, vals):
+      t.append(v)
+  return _pack(spec, idx, texts, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _pack(spec: TaskSpec, idx, texts, labels) -> dict:
+  # Sorted by idx: TFDS stores examples in hashed order; sorting makes both sources agree.
+  order = np.argsort(np.asarray(idx, np.int64), kind="stable")
+  texts = [[t[i] for i in order] for t in texts]
+  return {
+      "idx": np.asarray(idx, np.int32)[order],
+      "text_a": texts[0],
+      "text_b": texts[1] if spec.is_pair else None,
+      "label": np.asarray(labels, np.float32 if spec.is_regression else np.int32)[order],
+  }
+
+
+def load_examples(
+    task: str | TaskSpec,
+    split: str,
+    data_dir: str | None = None,
+    source: str = "auto",
+    tsv_dir: str | None = None,
+) -> dict:
+  """Loads one split: {'idx': int32[N], 'text_a': [str], 'text_b': [str] | None, 'label': [N]}.
+
+  Examples are sorted by idx. label: int32 ClassLabel ids (float32 for stsb); -1 on test
+  splits. idx is the data-row number; on test splits it is the GLUE submission index. For
+  MRPC train/validation the sources number rows differently (TFDS counts rows of
+  msr_paraphrase_train.txt); the examples themselves are the same.
+
+  source: 'tfds' (data_dir, else $TFDS_DATA_DIR, else TFDS' default), 'tsv' (tsv_dir, else
+  $GLUE_DIR), or 'auto': TFDS if the dataset is prepared under the data dir, else TSV if a
+  TSV dir is known.
+  """
+  spec = task if isinstance(task, TaskSpec) else get_task(task)
+  if split not in _splits(spec):
+    raise ValueError(f"{spec.name} has no split {split!r}; splits: {_splits(spec)}")
+  tsv_dir = tsv_dir or os.environ.get(GLUE_DIR_ENV) or None
+  if source == "auto":
+    if tfds_prepared(spec, data_dir):
+      source = "tfds"
+    elif tsv_dir:
+      source = "tsv"
+    else:
+      raise FileNotFoundError(
+          f"No data for {spec.tfds_name}: not prepared under {tfds_data_dir(data_dir)} and no "
+          f"GLUE TSV dir given. Set ${TFDS_DIR_ENV} (config field data_dir) to a TFDS data dir, "
+          f"or ${GLUE_DIR_ENV} (config field tsv_dir) to a download_glue_data.py output dir."
+      )
+  if source == "tfds":
+    return _load_tfds(spec, split, data_dir)
+  if source == "tsv":
+    if not tsv_dir:
+      raise ValueError(f"source='tsv' needs tsv_dir or ${GLUE_DIR_ENV}")
+    return _load_tsv(spec, split, tsv_dir)
+  raise ValueError(f"source must be 'auto', 'tfds' or 'tsv', got {source!r}")

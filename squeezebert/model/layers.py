@@ -1,0 +1,189 @@
+"""Building blocks: grouped 1x1 projection, embeddings, self-attention, post-LN block.
+
+Layout is NWC throughout (x_BxLxD): HF SqueezeBERT's NCW permutes are a PyTorch Conv1d
+artifact; a 1x1 grouped conv over channels is the same math on the last axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from squeezebert.model.config import ModelConfig, resolve_dtype
+
+
+def normal_init(std: float):
+  return jax.nn.initializers.normal(stddev=std)
+
+
+def activation(name: str):
+  if name == "gelu":  # HF ACT2FN["gelu"] is the exact erf GELU, not the tanh approximation.
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  if name == "gelu_new":
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  if name == "relu":
+    return jax.nn.relu
+  raise ValueError(f"unsupported activation {name!r}")
+
+
+class GroupedProjection(nnx.Module):
+  """A grouped 1x1 convolution written as a grouped einsum.
+
+  kernel is [G, Cin/G, Cout/G]: output block j reads only input block j (contiguous groups,
+  exactly PyTorch Conv1d/`lax.conv_general_dilated(feature_group_count=G)` semantics).
+  G = 1 is a dense layer. The einsum is called on `self.kernel` inside this module's own
+  `__call__`, so qwix recognises it as the weight operand.
+  """
+
+  def __init__(self, cin: int, cout: int, groups: int, *, cfg: ModelConfig, rngs: nnx.Rngs):
+    if cin % groups or cout % groups:
+      raise ValueError(f"groups={groups} must divide cin={cin} and cout={cout}")
+    self.groups, self.cin, self.cout = groups, cin, cout
+    self.dtype = resolve_dtype(cfg.dtype)
+    pdt = resolve_dtype(cfg.param_dtype)
+    self.kernel = nnx.Param(normal_init(cfg.initializer_range)(
+        rngs.params(), (groups, cin // groups, cout // groups), pdt))
+    self.bias = nnx.Param(jnp.zeros((cout,), pdt))
+
+  def __call__(self, x_BxLxCin: jax.Array) -> jax.Array:
+    g = self.groups
+    kernel = self.kernel[...].astype(self.dtype)
+    x = x_BxLxCin.astype(self.dtype)
+    lead = x.shape[:-1]
+    if g == 1:
+      y = jnp.einsum("...i,io->...o", x, kernel[0])
+    else:
+      x_BxLxGxI = x.reshape(*lead, g, self.cin // g)
+      y = jnp.einsum("...gi,gio->...go", x_BxLxGxI, kernel).reshape(*lead, self.cout)
+    return y + self.bias[...].astype(self.dtype)
+
+
+def layer_norm(dim: int, eps: float, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # Flax defaults to eps 1e-6; HF uses 1e-12. Statistics in float32 even under bf16 compute.
+  return nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32,
+                       param_dtype=resolve_dtype(cfg.param_dtype), rngs=rngs)
+
+
+def dense(cin: int, cout: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(cin, cout, kernel_init=normal_init(cfg.initializer_range),
+                    dtype=resolve_dtype(cfg.dtype), param_dtype=resolve_dtype(cfg.param_dtype),
+                    rngs=rngs)
+
+
+class Dropout(nnx.Module):
+  """Dropout whose RNG is passed at call time (never stored, so it is not checkpointed)."""
+
+  def __init__(self, rate: float):
+    self.rate = rate
+
+  def __call__(self, x, *, deterministic: bool, rngs: nnx.Rngs | None):
+    if deterministic or self.rate == 0.0:
+      return x
+    if rngs is None:
+      raise ValueError("dropout needs rngs in train mode: call the model with rngs=... "
+                       "or deterministic=True")
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.rate, x.shape)
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
+class Embeddings(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    pdt = resolve_dtype(cfg.param_dtype)
+    init = normal_init(cfg.initializer_range)
+    word = init(rngs.params(), (cfg.vocab_size, cfg.embedding_size), pdt)
+    # HF: padding_idx row starts at zero.
+    word = word.at[cfg.pad_token_id].set(0.0)
+    self.word_embeddings = nnx.Param(word)
+    self.position_embeddings = nnx.Param(
+        init(rngs.params(), (cfg.max_position_embeddings, cfg.embedding_size), pdt))
+    self.token_type_embeddings = nnx.Param(
+        init(rngs.params(), (cfg.type_vocab_size, cfg.embedding_size), pdt))
+    self.layer_norm = layer_norm(cfg.embedding_size, cfg.layer_norm_eps, cfg, rngs)
+    self.dropout = Dropout(cfg.hidden_dropout_prob)
+    self.dtype = resolve_dtype(cfg.dtype)
+
+  def __call__(self, ids_BxL, type_ids_BxL, *, deterministic, rngs):
+    seq_len = ids_BxL.shape[-1]
+    x_BxLxD = (jnp.take(self.word_embeddings[...], ids_BxL, axis=0)
+               + self.position_embeddings[...][:seq_len][None]
+               + jnp.take(self.token_type_embeddings[...], type_ids_BxL, axis=0))
+    x_BxLxD = self.layer_norm(x_BxLxD.astype(jnp.float32))
+    return self.dropout(x_BxLxD.astype(self.dtype), deterministic=deterministic, rngs=rngs)
+
+
+class AttentionCore(nnx.Module):
+  """softmax(q k^T / sqrt(d) + mask) v, in its own module so quantization rules can
+  include or exclude the two activation x activation matmuls by module path."""
+
+  def __init__(self, cfg: ModelConfig):
+    self.num_heads = cfg.num_attention_heads
+    self.dropout = Dropout(cfg.attention_probs_dropout_prob)
+
+  def __call__(self, q_BxLxD, k_BxLxD, v_BxLxD, bias_Bx1x1xL, *, deterministic, rngs):
+    b, l, d = q_BxLxD.shape
+    h = self.num_heads
+    q = q_BxLxD.reshape(b, l, h, d // h)
+    k = k_BxLxD.reshape(b, l, h, d // h)
+    v = v_BxLxD.reshape(b, l, h, d // h)
+    s_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // h)
+    # Softmax in float32 (exactly HF in fp32; stable under bf16 compute).
+    s_BxHxLxL = s_BxHxLxL.astype(jnp.float32) + bias_Bx1x1xL
+    p_BxHxLxL = jax.nn.softmax(s_BxHxLxL, axis=-1).astype(q.dtype)
+    p_BxHxLxL = self.dropout(p_BxHxLxL, deterministic=deterministic, rngs=rngs)
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", p_BxHxLxL, v)
+    return ctx.reshape(b, l, d)
+
+
+class SelfAttention(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d = cfg.hidden_size
+    self.query = GroupedProjection(d, d, cfg.q_groups, cfg=cfg, rngs=rngs)
+    self.key = GroupedProjection(d, d, cfg.k_groups, cfg=cfg, rngs=rngs)
+    self.value = GroupedProjection(d, d, cfg.v_groups, cfg=cfg, rngs=rngs)
+    self.core = AttentionCore(cfg)
+
+  def __call__(self, x_BxLxD, bias_Bx1x1xL, *, deterministic, rngs):
+    return self.core(self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD),
+                     bias_Bx1x1xL, deterministic=deterministic, rngs=rngs)
+
+
+class ProjDropoutNorm(nnx.Module):
+  """LN(residual + Dropout(proj(x))): HF's ConvDropoutLayerNorm / BertSelfOutput."""
+
+  def __init__(self, cin: int, cout: int, groups: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.proj = GroupedProjection(cin, cout, groups, cfg=cfg, rngs=rngs)
+    self.layer_norm = layer_norm(cout, cfg.layer_ln_eps, cfg, rngs)
+    self.dropout = Dropout(cfg.hidden_dropout_prob)
+
+  def __call__(self, x, residual, *, deterministic, rngs):
+    y = self.dropout(self.proj(x), deterministic=deterministic, rngs=rngs)
+    y = self.layer_norm(y.astype(jnp.float32) + residual.astype(jnp.float32))
+    return y.astype(x.dtype)
+
+
+class ProjActivation(nnx.Module):
+  def __init__(self, cin: int, cout: int, groups: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.proj = GroupedProjection(cin, cout, groups, cfg=cfg, rngs=rngs)
+    self.act = cfg.hidden_act  # a name, not a function: keeps the graphdef hashable/comparable
+
+  def __call__(self, x):
+    return activation(self.act)(self.proj(x))
+
+
+class Block(nnx.Module):
+  """One post-LN encoder layer, exactly HF's SqueezeBertModule / BertLayer."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.attention = SelfAttention(cfg, rngs=rngs)
+    self.post_attention = ProjDropoutNorm(d, d, cfg.post_attention_groups, cfg, rngs=rngs)
+    self.intermediate = ProjActivation(d, f, cfg.intermediate_groups, cfg, rngs=rngs)
+    self.output = ProjDropoutNorm(f, d, cfg.output_groups, cfg, rngs=rngs)
+
+  def __call__(self, x_BxLxD, bias_Bx1x1xL, *, deterministic, rngs):
+    att = self.attention(x_BxLxD, bias_Bx1x1xL, deterministic=deterministic, rngs=rngs)
+    h1 = self.post_attention(att, x_BxLxD, deterministic=deterministic, rngs=rngs)
+    return self.output(self.intermediate(h1), h1, deterministic=deterministic, rngs=rngs)

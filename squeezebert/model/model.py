@@ -1,0 +1,156 @@
+"""The encoder and its task heads: one class, `SqueezeBert(cfg, head=...)`.
+
+BERT is the same code with every group count 1 (ModelConfig preset `bert-base`).
+Module names follow HF where that makes the checkpoint mapping obvious
+(`transformer`, `cls`, `classifier`, `qa_outputs`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from squeezebert.model.config import ModelConfig, resolve_dtype
+from squeezebert.model.layers import Block, Dropout, Embeddings, activation, dense, layer_norm
+
+HEADS = ("base", "mlm", "pretraining", "classification", "regression", "token", "qa",
+         "multiple_choice")
+
+
+@struct.dataclass
+class ModelOutput:
+  last_hidden_state: jax.Array
+  pooler_output: jax.Array
+  logits: jax.Array | None = None        # the head's main logits (MLM, class, token, choice)
+  start_logits: jax.Array | None = None  # QA
+  end_logits: jax.Array | None = None    # QA
+  sop_logits: jax.Array | None = None    # sentence-order prediction (pretraining head)
+  hidden_states: tuple | None = None     # embeddings output + every layer, if asked for
+
+
+def attention_bias(mask_BxL: jax.Array) -> jax.Array:
+  """0/1 mask -> additive [B, 1, 1, L] bias (0 or float32 min, as HF does)."""
+  return jnp.where(mask_BxL[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+
+
+class Encoder(nnx.Module):
+  """Embeddings + a Python loop over `nnx.List` layers + pooler (HF SqueezeBertModel)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.embeddings = Embeddings(cfg, rngs=rngs)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    self.pooler = dense(cfg.hidden_size, cfg.hidden_size, cfg, rngs)
+
+  def __call__(self, ids_BxL, mask_BxL, type_ids_BxL, *, deterministic, rngs,
+               output_hidden_states=False):
+    bias = attention_bias(mask_BxL)
+    x_BxLxD = self.embeddings(ids_BxL, type_ids_BxL, deterministic=deterministic, rngs=rngs)
+    hidden = [x_BxLxD]
+    for layer in self.layers:
+      x_BxLxD = layer(x_BxLxD, bias, deterministic=deterministic, rngs=rngs)
+      hidden.append(x_BxLxD)
+    pooled_BxD = jnp.tanh(self.pooler(x_BxLxD[:, 0]))
+    return x_BxLxD, pooled_BxD, (tuple(hidden) if output_hidden_states else None)
+
+
+class MLMHead(nnx.Module):
+  """transform (dense, GELU, LN) then logits against the tied word embeddings + own bias."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.transform_dense = dense(cfg.hidden_size, cfg.hidden_size, cfg, rngs)
+    self.transform_layer_norm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, cfg, rngs)
+    self.act = cfg.hidden_act
+    self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), resolve_dtype(cfg.param_dtype)))
+    self.dtype = resolve_dtype(cfg.dtype)
+
+  def __call__(self, x_BxLxD, word_embeddings_VxD):
+    h = self.transform_layer_norm(activation(self.act)(self.transform_dense(x_BxLxD)).astype(jnp.float32))
+    h = h.astype(self.dtype)
+    logits = jnp.einsum("...d,vd->...v", h, word_embeddings_VxD.astype(self.dtype))
+    return logits + self.bias[...].astype(self.dtype)
+
+
+class SqueezeBert(nnx.Module):
+  """Encoder + one task head.
+
+  Call: model(input_ids, attention_mask=None, token_type_ids=None, *, rngs=None,
+  deterministic=None). Dropout is on only when `deterministic` is False (default: on iff
+  `rngs` is given). `rngs` is an `nnx.Rngs` or a PRNG key; it is never stored.
+  multiple_choice takes [B, C, L] inputs and returns logits [B, C].
+  """
+
+  def __init__(self, cfg: ModelConfig, head: str = "base", num_labels: int = 2, *,
+               rngs: nnx.Rngs):
+    if head not in HEADS:
+      raise ValueError(f"unknown head {head!r}; known: {HEADS}")
+    if head == "regression":
+      num_labels = 1
+    if head in ("classification", "token") and num_labels < 1:
+      raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    self.config, self.head, self.num_labels = cfg, head, num_labels
+    self.transformer = Encoder(cfg, rngs=rngs)
+    d = cfg.hidden_size
+    if head in ("mlm", "pretraining"):
+      self.cls = MLMHead(cfg, rngs=rngs)
+    if head == "pretraining":
+      self.seq_relationship = dense(d, 2, cfg, rngs)
+    if head in ("classification", "regression", "token", "multiple_choice"):
+      self.dropout = Dropout(cfg.hidden_dropout_prob)
+      self.classifier = dense(d, 1 if head == "multiple_choice" else num_labels, cfg, rngs)
+    if head == "qa":
+      self.qa_outputs = dense(d, 2, cfg, rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs=None,
+               deterministic: bool | None = None, output_hidden_states: bool = False
+               ) -> ModelOutput:
+    if deterministic is None:
+      deterministic = rngs is None
+    if rngs is not None and not isinstance(rngs, nnx.Rngs):
+      rngs = nnx.Rngs(dropout=rngs)
+    input_ids = jnp.asarray(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if input_ids.shape[-1] > self.config.max_position_embeddings:
+      raise ValueError(f"sequence length {input_ids.shape[-1]} exceeds max_position_embeddings "
+                       f"{self.config.max_position_embeddings}")
+    choices = None
+    if self.head == "multiple_choice":
+      if input_ids.ndim != 3:
+        raise ValueError(f"multiple_choice expects [B, C, L] inputs, got {input_ids.shape}")
+      choices = input_ids.shape[1]
+      flat = lambda a: jnp.asarray(a).reshape(-1, a.shape[-1])
+      input_ids, attention_mask, token_type_ids = map(flat, (input_ids, attention_mask,
+                                                             token_type_ids))
+    elif input_ids.ndim != 2:
+      raise ValueError(f"expected [B, L] inputs, got shape {input_ids.shape}")
+
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    seq, pooled, hidden = self.transformer(input_ids, attention_mask, token_type_ids,
+                                           output_hidden_states=output_hidden_states, **kw)
+    out = dict(last_hidden_state=seq, pooler_output=pooled, hidden_states=hidden)
+    if self.head in ("mlm", "pretraining"):
+      out["logits"] = self.cls(seq, self.transformer.embeddings.word_embeddings[...])
+    if self.head == "pretraining":
+      out["sop_logits"] = self.seq_relationship(pooled)
+    if self.head in ("classification", "regression"):
+      out["logits"] = self.classifier(self.dropout(pooled, **kw))
+    if self.head == "token":
+      out["logits"] = self.classifier(self.dropout(seq, **kw))
+    if self.head == "multiple_choice":
+      out["logits"] = self.classifier(self.dropout(pooled, **kw)).reshape(-1, choices)
+    if self.head == "qa":
+      se = self.qa_outputs(seq)
+      out["start_logits"], out["end_logits"] = se[..., 0], se[..., 1]
+    return ModelOutput(**out)
+
+
+def build_model(cfg: ModelConfig, head: str = "base", num_labels: int = 2, seed: int = 0
+                ) -> SqueezeBert:
+  return SqueezeBert(cfg, head=head, num_labels=num_labels, rngs=nnx.Rngs(params=seed))
+
+
+def param_count(model: nnx.Module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

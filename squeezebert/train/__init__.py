@@ -1,0 +1,1 @@
+"""The one trainer (train_and_evaluate) and its parts."""

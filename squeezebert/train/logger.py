@@ -1,0 +1,68 @@
+"""Run logging: TensorBoard event files, a JSON-lines metrics file, a console progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import logging
+
+
+class MetricLogger:
+  """Writes <workdir>/metrics.jsonl and TensorBoard events under <workdir>/tb/<split>."""
+
+  def __init__(self, workdir: str, is_main: bool = True):
+    self.is_main, self.workdir, self._tb = is_main, workdir, {}
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+
+  def _writer(self, split):
+    if split not in self._tb:
+      import tensorflow as tf  # TF is the event-file writer; kept off accelerators in main.py
+      self._tb[split] = tf.summary.create_file_writer(os.path.join(self.workdir, "tb", split))
+    return self._tb[split]
+
+  def write(self, split: str, step: int, metrics: dict):
+    if not self.is_main:
+      return
+    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+               or getattr(v, "ndim", 1) == 0}
+    self._jsonl.write(json.dumps(dict(split=split, step=step, time=time.time(), **scalars)) + "\n")
+    self._jsonl.flush()
+    import tensorflow as tf
+    with self._writer(split).as_default():
+      for k, v in scalars.items():
+        tf.summary.scalar(k, v, step=step)
+    self._writer(split).flush()
+
+  def close(self):
+    if self._jsonl:
+      self._jsonl.close()
+    for w in self._tb.values():
+      w.close()
+
+
+class Progress:
+  """tqdm bar with ETA; plain periodic log lines when disabled (CI, non-tty)."""
+
+  def __init__(self, total: int, initial: int = 0, enabled: bool = True):
+    self.bar = None
+    if enabled:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    self.total, self.last = total, initial
+
+  def update(self, step: int):
+    if self.bar is not None:
+      self.bar.update(step - self.last)
+    self.last = step
+
+  def set_postfix(self, **kw):
+    if self.bar is not None:
+      self.bar.set_postfix({k: f"{v:.4g}" for k, v in kw.items()})
+    else:
+      logging.info("step %d/%d %s", self.last, self.total, kw)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()

@@ -1,0 +1,60 @@
+"""Pure jitted steps: split the NNX (model, optimizer), jit a pure function of the state with the
+state donated, merge inside."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from squeezebert.train.tasks import MODEL_INPUTS
+
+
+def _forward(model, batch, rng, deterministic):
+  return model(*(batch[k] for k in MODEL_INPUTS), rngs=rng, deterministic=deterministic)
+
+
+def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1):
+  """state -> state; gradients averaged over `grad_accum_steps` micro-batches (one update)."""
+
+  def loss_fn(model, batch, rng):
+    out = _forward(model, batch, rng, deterministic=False)
+    loss, aux = task.loss(out, batch)
+    return loss, aux
+
+  def grads_of(model, batch, rng):
+    (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch, rng)
+    return loss, aux, grads
+
+  def step(state, batch, base_rng, step_no):
+    model, opt = nnx.merge(graphdef, state)
+    rng = jax.random.fold_in(base_rng, step_no)
+    k = grad_accum_steps
+    if k == 1:
+      loss, aux, grads = grads_of(model, batch, rng)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
+      first = grads_of(model, jax.tree.map(lambda x: x[0], micro), jax.random.fold_in(rng, 0))
+
+      def body(carry, i_mb):
+        i, mb = i_mb
+        return jax.tree.map(jnp.add, carry, grads_of(model, mb, jax.random.fold_in(rng, i))), None
+
+      rest = jax.tree.map(lambda x: x[1:], micro)
+      (loss, aux, grads), _ = jax.lax.scan(body, first, (jnp.arange(1, k), rest))
+      loss, aux, grads = jax.tree.map(lambda x: x / k, (loss, aux, grads))
+    opt.update(model, grads)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "learning_rate": lr_schedule(step_no), **aux}
+    return nnx.state((model, opt)), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(graphdef, task):
+  def step(state, batch):
+    model, _ = nnx.merge(graphdef, state)
+    out = _forward(model, batch, None, deterministic=True)
+    return task.eval_outputs(out, batch)
+  return jax.jit(step)

@@ -1,0 +1,262 @@
+"""`train_and_evaluate(config, workdir)`: the one trainer for every task and ablation.
+
+Resume order (documented, big_vision style): (1) the workdir's own latest checkpoint,
+(2) config.init_from (HF dir, our model dir or another workdir), (3) from scratch.
+The data position is a function of the step (one batch per step, a fixed order per
+(seed, epoch)), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from squeezebert import configlib as common
+from squeezebert import convert
+from squeezebert.data import batching
+from squeezebert.model import SqueezeBert, get_config
+from squeezebert.train import checkpoint as ckpt_lib
+from squeezebert.train import optim, steps as steps_lib, tasks as tasks_lib
+from squeezebert.train.logger import MetricLogger, Progress
+
+FINAL_FILE = "final_metrics.json"
+
+
+def _validate(config):
+  if config.batch_size <= 0:
+    raise ValueError(f"config.batch_size must be > 0, got {config.batch_size}")
+  if config.grad_accum_steps <= 0 or config.batch_size % config.grad_accum_steps:
+    raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1 and "
+                     f"divide batch_size={config.batch_size}")
+  n = jax.device_count()
+  if (config.batch_size // config.grad_accum_steps) % n:
+    raise ValueError(f"micro-batch size {config.batch_size // config.grad_accum_steps} must "
+                     f"divide evenly over {n} devices")
+  if config.mode not in ("train", "eval", "predict"):
+    raise ValueError(f"config.mode must be train|eval|predict, got {config.mode!r}")
+  if config.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.dtype must be float32 or bfloat16, got {config.dtype!r}")
+
+
+def build_model(config, task) -> SqueezeBert:
+  overrides = dict(common.model_overrides(config.model), dtype=config.dtype)
+  if config.init_from:
+    logging.info("initialising from %s", config.init_from)
+    return convert.from_pretrained(config.init_from, head=task.head, num_labels=task.num_labels,
+                                   seed=config.seed, **overrides)
+  cfg = get_config(config.model.variant, **overrides)
+  return SqueezeBert(cfg, head=task.head, num_labels=task.num_labels,
+                     rngs=nnx.Rngs(params=config.seed))
+
+
+class Mesh:
+  """Data parallel over every device: batch sharded on 'data', state replicated."""
+
+  def __init__(self):
+    self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                              axis_types=(jax.sharding.AxisType.Auto,))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data = NamedSharding(self.mesh, P("data"))
+
+  def put_batch(self, batch: dict) -> dict:
+    local = batching.shard_batch_for_process(batch, jax.process_index(), jax.process_count())
+    return {k: jax.make_array_from_process_local_data(self.data, v) for k, v in local.items()}
+
+  def fetch(self, tree):
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
+
+
+def evaluate(task, eval_step, state, mesh, enc, batch_size, bucket_boundaries) -> dict:
+  collected = []
+  for batch in batching.batches(enc, batch_size, shuffle=False, drop_remainder=False,
+                                bucket_boundaries=bucket_boundaries):
+    collected.append(mesh.fetch(eval_step(state, mesh.put_batch(batch))))
+  return {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
+
+
+def _eval_all(task, eval_step, state, mesh, encs, config) -> dict:
+  out = {}
+  for split, enc in encs.items():
+    c = evaluate(task, eval_step, state, mesh, enc, config.batch_size,
+                 tuple(config.data.bucket_boundaries))
+    prefix = "" if len(encs) == 1 else f"{split}/"
+    out.update({prefix + k: v for k, v in task.metrics(c).items()})
+  return out
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (or resumes) and evaluates; returns the final eval metrics."""
+  _validate(config)
+  if config.distributed:
+    jax.distributed.initialize()
+  task = tasks_lib.get_task(config)
+  os.makedirs(workdir, exist_ok=True)
+  final_path = os.path.join(workdir, FINAL_FILE)
+  if config.mode == "train" and task.train_split is None:
+    raise ValueError(f"task {task.name} has no training split; use mode=predict")
+
+  model = build_model(config, task)
+  vocab = task.tokenizer.get_vocab_size()
+  if vocab > model.config.vocab_size:
+    raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is "
+                     f"{model.config.vocab_size}: set config.model.vocab_size or the vocab")
+  ckpt_lib.write_run_file(workdir, dict(
+      task=task.name, model=model.config.replace(dtype="float32").to_dict(), head=task.head,
+      num_labels=task.num_labels, best_metric=task.main_metric, best_mode=task.metric_mode))
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
+                               best_metric=task.main_metric, best_mode=task.metric_mode)
+  mesh = Mesh()
+  if config.mode != "train":
+    return _eval_or_predict(config, workdir, task, model, ckpts, mesh)
+
+  t0 = time.time()
+  train_enc = task.load(task.train_split)
+  eval_encs = {s: task.load(s) for s in task.eval_splits}
+  logging.info("data: %d train examples, eval %s (%.1fs)", len(train_enc),
+               {s: len(e) for s, e in eval_encs.items()}, time.time() - t0)
+  steps_per_epoch = batching.num_batches(train_enc, config.batch_size, drop_remainder=True)
+  if steps_per_epoch == 0:
+    raise ValueError(f"{len(train_enc)} training examples < batch_size {config.batch_size}")
+  total, warmup = optim.total_and_warmup_steps(config, steps_per_epoch)
+  eval_every = config.eval_every_steps or steps_per_epoch
+  ckpt_every = config.checkpoint_every_steps or eval_every
+
+  tx, lr = optim.make_tx(config, total, warmup)
+  optimizer = optim.make_optimizer(model, tx)
+  graphdef, state = nnx.split((model, optimizer))
+  state = jax.device_put(state, mesh.replicated)
+  step = 0
+  latest = ckpts.latest_step()
+  if latest is not None:
+    model_state, opt_state, meta = ckpts.restore(latest, state[0], state[1])
+    state = _with_parts(state, model_state, opt_state)
+    state = jax.device_put(state, mesh.replicated)
+    step = int(meta["step"])
+    logging.info("resumed from %s at step %d (epoch %d, batch %d)", ckpts.mngr.directory,
+                 step, *divmod(step, steps_per_epoch))
+  if step >= total and os.path.exists(final_path):
+    logging.info("workdir %s already finished (%d steps); nothing to do", workdir, step)
+    with open(final_path) as f:
+      return json.load(f)
+
+  train_step = steps_lib.make_train_step(graphdef, task, lr, config.grad_accum_steps)
+  eval_step = steps_lib.make_eval_step(graphdef, task)
+  base_rng = jax.random.key(config.seed)
+  logger = MetricLogger(workdir, is_main=jax.process_index() == 0)
+  progress = Progress(total, step, enabled=config.progress_bar and jax.process_index() == 0)
+  buckets = tuple(config.data.bucket_boundaries)
+  pending, window, t_window, steps_this_run = None, [], time.time(), 0
+  eval_metrics = {}
+
+  def consume(pending_metrics, pending_step):
+    m = jax.tree.map(float, jax.device_get(pending_metrics))
+    if not math.isfinite(m["loss"]):
+      raise FloatingPointError(f"non-finite loss {m['loss']} at step {pending_step}; "
+                               "no checkpoint of this state was saved")
+    window.append(m)
+
+  epoch, start_batch = divmod(step, steps_per_epoch)
+  try:
+    while step < total:
+      for batch in batching.batches(train_enc, config.batch_size, shuffle=True,
+                                    seed=config.seed, epoch=epoch, start_batch=start_batch,
+                                    bucket_boundaries=buckets, drop_remainder=True):
+        if step >= total:
+          break
+        state, metrics = train_step(state, mesh.put_batch(batch), base_rng, step)
+        if pending is not None:  # fetch step n-1 while step n runs
+          consume(*pending)
+        pending = (metrics, step)
+        step += 1
+        steps_this_run += 1
+        progress.update(step)
+        if step % config.log_every_steps == 0 or step == total:
+          consume(*pending)
+          pending = None
+          dt = time.time() - t_window
+          avg = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+          avg["steps_per_sec"] = len(window) / max(dt, 1e-9)
+          avg["epoch"] = step / steps_per_epoch
+          logger.write("train", step, avg)
+          progress.set_postfix(loss=avg["loss"])
+          window, t_window = [], time.time()
+        do_eval = step % eval_every == 0 or step == total
+        if do_eval:
+          eval_metrics = _eval_all(task, eval_step, state, mesh, eval_encs, config)
+          logger.write("eval", step, eval_metrics)
+          logging.info("step %d eval: %s", step, eval_metrics)
+        if do_eval or step % ckpt_every == 0:
+          if pending is not None:
+            consume(*pending)
+            pending = None
+          meta = dict(step=step, epoch=step // steps_per_epoch,
+                      batch_in_epoch=step % steps_per_epoch, total_steps=total)
+          ckpts.save(step, state[0], state[1], meta,
+                     metrics=_main_only(eval_metrics, task) if do_eval else None)
+        if config.stop_after_steps and steps_this_run >= config.stop_after_steps:
+          logging.info("stopping after %d steps this run (config.stop_after_steps)",
+                       steps_this_run)
+          return eval_metrics
+        if config.get("step_delay_secs", 0.0):
+          time.sleep(config.step_delay_secs)
+      epoch, start_batch = epoch + 1, 0
+  finally:
+    progress.close()
+    logger.close()
+  best = ckpts.best_step()
+  final = dict(eval_metrics, step=step, best_step=best)
+  if jax.process_index() == 0:
+    with open(final_path + ".tmp", "w") as f:
+      json.dump(final, f, indent=2)
+    os.replace(final_path + ".tmp", final_path)
+  ckpts.close()
+  return final
+
+
+def _main_only(m: dict, task) -> dict | None:
+  key = task.main_metric if task.main_metric in m else next(
+      (k for k in m if k.endswith("/" + task.main_metric)), None)
+  return {task.main_metric: float(m[key])} if key else None
+
+
+def _with_parts(state, model_state, opt_state):
+  state[0] = model_state
+  state[1] = opt_state
+  return state
+
+
+def _eval_or_predict(config, workdir, task, model, ckpts, mesh) -> dict:
+  """mode=eval: dev metrics of the best (else latest) checkpoint; mode=predict: also write
+  GLUE submission files for the test splits into <workdir>/predictions/."""
+  step = ckpts.best_step() or ckpts.latest_step()
+  optimizer = optim.make_optimizer(model, optim.make_tx(config, 1, 0)[0])
+  graphdef, state = nnx.split((model, optimizer))
+  if step is not None:
+    model_state, _, _ = ckpts.restore(step, state[0])
+    state = _with_parts(state, model_state, state[1])
+  elif not config.init_from:
+    raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate and no config.init_from")
+  state = jax.device_put(state, mesh.replicated)
+  eval_step = steps_lib.make_eval_step(graphdef, task)
+  result = _eval_all(task, eval_step, state, mesh, {s: task.load(s) for s in task.eval_splits},
+                     config)
+  result["step"] = step
+  if config.mode == "predict":
+    out_dir = os.path.join(workdir, "predictions")
+    for split in task.test_splits:
+      c = evaluate(task, eval_step, state, mesh, task.load(split), config.batch_size,
+                   tuple(config.data.bucket_boundaries))
+      result[f"{split}_file"] = task.write_predictions(c, split, out_dir)
+  logging.info("%s: %s", config.mode, result)
+  return result
