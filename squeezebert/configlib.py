@@ -66,7 +66,8 @@ def base_train_config() -> ml_collections.ConfigDict:
       max_len=128,                # tokens incl. [CLS]/[SEP]; longer inputs are truncated
       bucket_boundaries=(32, 64, 96, 128),  # padded lengths (dynamic padding)
       train_limit=0,              # >0: use only the first N training examples (smoke tests)
-      eval_limit=0,               # >0: evaluate on the first N examples only
+      eval_limit=0,               # >0: only the first N examples of every eval AND test split
+                                  #   (smoke runs; a limited test split is no valid submission)
   ))
   # Optimisation.
   c.batch_size = 32               # global batch (all devices, all processes)
@@ -90,6 +91,7 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.distributed = False           # call jax.distributed.initialize() (multi-host)
   c.stop_after_steps = 0          # >0: stop (as if preempted) after this many steps this run
+  c.step_delay_secs = 0.0         # seconds to sleep after each step; for kill/resume tests only
   return c
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -90,9 +91,10 @@ def _strip_prefix(sd: dict, prefix: str) -> dict:
   return dict(sd)
 
 
-def load_hf_state(model: SqueezeBert, sd: dict[str, np.ndarray]) -> list[str]:
+def load_hf_state(model: SqueezeBert, sd: dict[str, np.ndarray], seed: int = 0) -> list[str]:
   """Copy an HF state dict into `model` in place. Returns the head keys left freshly
-  initialised (missing from the checkpoint, or a different label count). Raises
+  initialised (missing from the checkpoint, or a different label count; also the pooler
+  when the checkpoint has none, as HF BertForMaskedLM/TokenClassification/QA save). Raises
   CheckpointMismatchError listing every missing / unexpected / mis-shaped encoder key."""
   cfg = model.config
   sd = _strip_prefix(sd, names.base_prefix(cfg))
@@ -101,7 +103,7 @@ def load_hf_state(model: SqueezeBert, sd: dict[str, np.ndarray]) -> list[str]:
   missing, misshaped, fresh, used = [], [], [], set()
   for e in entries:
     if e.hf not in sd:
-      (fresh if e.is_head else missing).append(e.hf)
+      (fresh if e.is_head or e.optional else missing).append(e.hf)
       continue
     used.add(e.hf)
     try:
@@ -136,11 +138,31 @@ def load_hf_state(model: SqueezeBert, sd: dict[str, np.ndarray]) -> list[str]:
     if dec.shape != emb.shape or not np.allclose(dec, emb):
       logging.warning("checkpoint's MLM decoder is not tied to the word embeddings; "
                       "this model ties them, so the decoder weight is ignored")
-  nnx.update(model, _replace_params(model, unflatten_dict(params)))
+  nnx.update(model, _replace_params(model, unflatten_dict(_materialize(model, params, seed))))
   if fresh:
-    logging.warning("head weights freshly initialised (not in the checkpoint or a different "
-                    "shape): %s", fresh)
+    logging.warning("head/pooler weights freshly initialised (not in the checkpoint or a "
+                    "different shape): %s", fresh)
   return fresh
+
+
+def _abstract_model(cfg: ModelConfig, head: str, num_labels: int, seed: int) -> SqueezeBert:
+  """The model's structure only (nnx.eval_shape: no random init, nothing allocated). The
+  loaders fill it from the checkpoint and initialise for real only what that lacks."""
+  return nnx.eval_shape(lambda: SqueezeBert(cfg, head=head, num_labels=num_labels,
+                                            rngs=nnx.Rngs(params=seed)))
+
+
+def _materialize(model: SqueezeBert, tree: dict, seed: int) -> dict:
+  """Give still-abstract entries of a flat param tree the values a real
+  `SqueezeBert(..., rngs=nnx.Rngs(params=seed))` init has (a no-op for a concrete model)."""
+  todo = [p for p, v in tree.items() if isinstance(v, jax.ShapeDtypeStruct)]
+  if todo:
+    real = SqueezeBert(model.config, head=model.head, num_labels=model.num_labels,
+                       rngs=nnx.Rngs(params=seed))
+    init = flatten_dict(nnx.to_pure_dict(nnx.state(real, nnx.Param)))
+    for p in todo:
+      tree[p] = init[p]
+  return tree
 
 
 def _replace_params(model, pure):
@@ -167,8 +189,8 @@ def from_hf(path: str, head: str | None = None, num_labels: int | None = None, s
       head = "regression"
   if num_labels is None:
     num_labels = hf_labels
-  model = SqueezeBert(cfg, head=head, num_labels=num_labels, rngs=nnx.Rngs(params=seed))
-  load_hf_state(model, read_hf_weights(path))
+  model = _abstract_model(cfg, head, num_labels, seed)
+  load_hf_state(model, read_hf_weights(path), seed=seed)
   return model
 
 
@@ -180,6 +202,8 @@ def export_hf(model: SqueezeBert, out_dir: str, id2label: dict | None = None,
   prefix = "" if model.head == "base" else names.base_prefix(cfg)
   sd = {}
   for e in names.encoder_entries(cfg):
+    if e.optional and not names.hf_has_pooler(cfg, model.head):
+      continue  # e.g. BertForMaskedLM has no pooler: exporting it would be an unexpected key
     sd[prefix + e.hf] = np.ascontiguousarray(e.to_hf(np.asarray(params[e.ours], np.float32)))
   for e in names.head_entries(model.head):
     sd[e.hf] = np.ascontiguousarray(e.to_hf(np.asarray(params[e.ours], np.float32)))
@@ -192,12 +216,22 @@ def export_hf(model: SqueezeBert, out_dir: str, id2label: dict | None = None,
   return out_dir
 
 
+def _join(path: tuple) -> str:
+  # Paths hold ints (the nnx.List layer index): flatten_dict(sep="/") would reject them.
+  return "/".join(str(p) for p in path)
+
+
+def flat_params(model: SqueezeBert) -> dict[str, np.ndarray]:
+  """Our parameters as {'transformer/layers/0/attention/query/kernel': array, ...}: the
+  key format of our model.safetensors and of `load_params_into`."""
+  flat = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  return {_join(path): np.asarray(v) for path, v in flat.items()}
+
+
 def save_pretrained(model: SqueezeBert, out_dir: str, extra: dict | None = None) -> str:
   """Our own directory: squeezebert_jax.json + model.safetensors ('/'-joined param paths)."""
   os.makedirs(out_dir, exist_ok=True)
-  params = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)), sep="/")
-  save_file({k: np.asarray(v) for k, v in params.items()},
-            os.path.join(out_dir, "model.safetensors"))
+  save_file(flat_params(model), os.path.join(out_dir, "model.safetensors"))
   meta = dict(model=model.config.to_dict(), head=model.head, num_labels=model.num_labels,
               **(extra or {}))
   with open(os.path.join(out_dir, OURS_CONFIG), "w") as f:
@@ -212,15 +246,19 @@ def load_ours(path: str, head: str | None = None, num_labels: int | None = None,
   cfg = ModelConfig(**{**meta["model"], **config_overrides})
   head = head or meta["head"]
   num_labels = num_labels or meta["num_labels"]
-  model = SqueezeBert(cfg, head=head, num_labels=num_labels, rngs=nnx.Rngs(params=seed))
-  load_params_into(model, load_file(os.path.join(path, "model.safetensors")), source=path)
+  model = _abstract_model(cfg, head, num_labels, seed)
+  load_params_into(model, load_file(os.path.join(path, "model.safetensors")), source=path,
+                   seed=seed)
   return model
 
 
-def load_params_into(model: SqueezeBert, flat: dict[str, np.ndarray], source: str = "") -> list:
+def load_params_into(model: SqueezeBert, flat: dict[str, np.ndarray], source: str = "",
+                     seed: int = 0) -> list:
   """Load our '/'-joined param dict into `model`: encoder keys must match exactly; head keys
   that are absent or shaped for another label count are left fresh (returned)."""
-  params = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)), sep="/")
+  tree = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  paths = {_join(path): path for path in tree}
+  params = {name: tree[path] for name, path in paths.items()}
   missing, misshaped, fresh = [], [], []
   for k, v in params.items():
     is_head = not k.startswith("transformer/")
@@ -236,7 +274,8 @@ def load_params_into(model: SqueezeBert, flat: dict[str, np.ndarray], source: st
     raise CheckpointMismatchError(
         f"{source}: checkpoint does not fit the model:\n  missing: {missing}\n  "
         f"mis-shaped: {misshaped}\n  unexpected: {unexpected}")
-  nnx.update(model, _replace_params(model, unflatten_dict(params, sep="/")))
+  tree = _materialize(model, {paths[k]: v for k, v in params.items()}, seed)
+  nnx.update(model, _replace_params(model, unflatten_dict(tree)))
   if fresh:
     logging.warning("head weights freshly initialised: %s", fresh)
   return fresh

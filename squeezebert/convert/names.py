@@ -27,6 +27,7 @@ class Entry:
   to_ours: Callable[[np.ndarray], np.ndarray]
   to_hf: Callable[[np.ndarray], np.ndarray]
   is_head: bool = False
+  optional: bool = False        # encoder key that HF checkpoints may lack (BERT pooler)
 
 
 def _same(x):
@@ -114,8 +115,15 @@ def encoder_entries(cfg: ModelConfig) -> list[Entry]:
     out += _proj(cfg, n["inter"], o + ("intermediate", "proj"), cfg.intermediate_groups)
     out += _proj(cfg, n["out"], o + ("output", "proj"), cfg.output_groups)
     out += _ln(n["out_ln"], o + ("output", "layer_norm"))
-  out += _linear("pooler.dense", t + ("pooler",))
+  # Optional: HF BertForMaskedLM / ForTokenClassification / ForQuestionAnswering build
+  # BertModel(add_pooling_layer=False), so their checkpoints have no pooler.
+  out += [dataclasses.replace(x, optional=True) for x in _linear("pooler.dense", t + ("pooler",))]
   return out
+
+
+def hf_has_pooler(cfg: ModelConfig, head: str) -> bool:
+  """Whether the HF class for (family, head) has a pooler (SqueezeBERT always does)."""
+  return not (cfg.family == "bert" and head in ("mlm", "token", "qa"))
 
 
 def head_entries(head: str) -> list[Entry]:

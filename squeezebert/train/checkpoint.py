@@ -105,9 +105,8 @@ def load_model_from_workdir(workdir: str, head: str | None = None,
                             num_labels: int | None = None, seed: int = 0, step: int | None = None,
                             **config_overrides):
   """The model of a training workdir, at its best checkpoint (else the latest)."""
-  from squeezebert.convert import load_params_into
+  from squeezebert.convert import flat_params, load_params_into
   from squeezebert.model import ModelConfig, SqueezeBert
-  from flax.traverse_util import flatten_dict
 
   run = read_run_file(workdir)
   ck = Checkpoints(workdir, best_metric=run.get("best_metric"),
@@ -125,6 +124,5 @@ def load_model_from_workdir(workdir: str, head: str | None = None,
   # A different head: copy the encoder, leave the new head fresh.
   model = SqueezeBert(cfg, head=head or run["head"], num_labels=num_labels or run["num_labels"],
                       rngs=nnx.Rngs(params=seed))
-  flat = flatten_dict(nnx.to_pure_dict(nnx.state(saved, nnx.Param)), sep="/")
-  load_params_into(model, flat, source=workdir)
+  load_params_into(model, flat_params(saved), source=workdir)
   return model

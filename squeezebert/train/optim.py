@@ -8,6 +8,9 @@ import optax
 from flax import nnx
 
 
+OPTIMIZERS = ("adamw", "lamb")
+
+
 def total_and_warmup_steps(config, steps_per_epoch: int) -> tuple[int, int]:
   """Durations converted to steps once: num_train_steps wins over num_epochs."""
   if config.num_train_steps > 0:
@@ -28,9 +31,11 @@ def total_and_warmup_steps(config, steps_per_epoch: int) -> tuple[int, int]:
 def schedule(peak_lr: float, total: int, warmup: int) -> optax.Schedule:
   if peak_lr <= 0:
     raise ValueError(f"config.learning_rate must be > 0, got {peak_lr}")
+  if warmup <= 0:  # no warmup: the first update already uses the peak rate
+    return optax.linear_schedule(peak_lr, 0.0, max(total, 1))
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak_lr, max(warmup, 1)),
-       optax.linear_schedule(peak_lr, 0.0, max(total - warmup, 1))], [max(warmup, 1)])
+      [optax.linear_schedule(0.0, peak_lr, warmup),
+       optax.linear_schedule(peak_lr, 0.0, max(total - warmup, 1))], [warmup])
 
 
 def decay_mask(params):

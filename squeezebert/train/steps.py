@@ -34,19 +34,35 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1):
     if k == 1:
       loss, aux, grads = grads_of(model, batch, rng)
     else:
-      micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
-      first = grads_of(model, jax.tree.map(lambda x: x[0], micro), jax.random.fold_in(rng, 0))
+      # Micro-batch i = examples i, i+k, i+2k, ...: the batch is sharded over devices in
+      # contiguous blocks, so strided micro-batches keep every device busy in every micro-step
+      # (a contiguous split would put whole micro-batches on single devices).
+      micro = jax.tree.map(
+          lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+      # The scan body must not close over the NNX module of this trace level: it re-creates the
+      # model from its (closed-over) pure state in each micro-step.
+      model_def, model_state = nnx.split(model)
+      model_state = nnx.as_pure(model_state)  # plain arrays: no Variables of this trace level
+
+      def micro_grads(mb, i):
+        return grads_of(nnx.merge(model_def, model_state), mb, jax.random.fold_in(rng, i))
+
+      first = micro_grads(jax.tree.map(lambda x: x[0], micro), 0)
 
       def body(carry, i_mb):
         i, mb = i_mb
-        return jax.tree.map(jnp.add, carry, grads_of(model, mb, jax.random.fold_in(rng, i))), None
+        return jax.tree.map(jnp.add, carry, micro_grads(mb, i)), None
 
       rest = jax.tree.map(lambda x: x[1:], micro)
       (loss, aux, grads), _ = jax.lax.scan(body, first, (jnp.arange(1, k), rest))
       loss, aux, grads = jax.tree.map(lambda x: x / k, (loss, aux, grads))
     opt.update(model, grads)
+    # The loss is that of the parameters before this update; `all_finite` checks the new state
+    # (the one a checkpoint would hold) so the trainer can fail fast before saving it.
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    all_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in params]))
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-               "learning_rate": lr_schedule(step_no), **aux}
+               "learning_rate": lr_schedule(step_no), "all_finite": all_finite, **aux}
     return nnx.state((model, opt)), metrics
 
   return jax.jit(step, donate_argnums=0)

@@ -44,15 +44,30 @@ class GlueTask:
     return tokenization.load_tokenizer(self.config.data.vocab or None)
 
   def load(self, split: str):
+    """Tokenized examples of `split`. data.train_limit caps the training split; data.eval_limit
+    caps every other split (eval AND test: smoke runs)."""
     d = self.config.data
-    ex = glue.load_examples(self.spec, split, data_dir=d.tfds_data_dir or None, source=d.source,
-                            tsv_dir=d.tsv_dir or None)
+    try:
+      ex = glue.load_examples(self.spec, split, data_dir=d.tfds_data_dir or None,
+                              source=d.source, tsv_dir=d.tsv_dir or None)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(
+          f"{e}\nGLUE data for {self.name}/{split} not found: set config.data.tfds_data_dir "
+          f"(or ${glue.TFDS_DIR_ENV}) to a TFDS data dir holding {self.spec.tfds_name}, or "
+          f"config.data.tsv_dir (or ${glue.GLUE_DIR_ENV}) to a download_glue_data.py output "
+          "dir.") from e
     limit = d.train_limit if split == self.train_split else d.eval_limit
     if limit > 0:
       ex = {k: (v[:limit] if v is not None else None) for k, v in ex.items()}
     # Test sets are unlabeled and GLUE has a handful of empty test sentences: keep them
     # (they encode as [CLS] [SEP]); an empty training/dev sentence is a data error.
     allow_empty = split in self.test_splits
+    if not allow_empty:
+      for key in ("text_a", "text_b"):
+        for i, t in enumerate(ex[key] or ()):
+          if t is None or not str(t).strip():
+            raise ValueError(f"{self.name}/{split}: empty {key} in the example with idx "
+                             f"{int(ex['idx'][i])} (its data-row number); fix or drop it")
     enc = batching.encode_examples(self.spec, ex, self.tokenizer, d.max_len,
                                    allow_empty=allow_empty)
     if enc.num_truncated:

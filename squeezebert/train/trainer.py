@@ -44,6 +44,23 @@ def _validate(config):
     raise ValueError(f"config.mode must be train|eval|predict, got {config.mode!r}")
   if config.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.dtype must be float32 or bfloat16, got {config.dtype!r}")
+  # Checked here, before any data is read or anything is compiled.
+  if not config.learning_rate > 0:
+    raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
+  if config.optimizer not in optim.OPTIMIZERS:
+    raise ValueError(f"unknown config.optimizer {config.optimizer!r}; use one of "
+                     f"{optim.OPTIMIZERS}")
+  for name in ("weight_decay", "grad_clip_norm", "num_train_steps", "warmup_steps",
+               "eval_every_steps", "checkpoint_every_steps", "stop_after_steps"):
+    if config[name] < 0:
+      raise ValueError(f"config.{name} must be >= 0, got {config[name]}")
+  for name in ("log_every_steps", "keep_checkpoints"):
+    if config[name] < 1:
+      raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
+  if config.get("step_delay_secs", 0.0) < 0:
+    raise ValueError(f"config.step_delay_secs must be >= 0, got {config.step_delay_secs}")
+  if config.data.source not in ("auto", "tfds", "tsv"):
+    raise ValueError(f"config.data.source must be auto|tfds|tsv, got {config.data.source!r}")
 
 
 def build_model(config, task) -> SqueezeBert:
@@ -58,10 +75,12 @@ def build_model(config, task) -> SqueezeBert:
 
 
 class Mesh:
-  """Data parallel over every device: batch sharded on 'data', state replicated."""
+  """Data parallel over `devices` (default: every device): batch sharded on 'data', state
+  replicated."""
 
-  def __init__(self):
-    self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
+  def __init__(self, devices=None):
+    devices = jax.devices() if devices is None else list(devices)
+    self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
                               axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
@@ -101,10 +120,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.distributed:
     jax.distributed.initialize()
   task = tasks_lib.get_task(config)
-  os.makedirs(workdir, exist_ok=True)
-  final_path = os.path.join(workdir, FINAL_FILE)
   if config.mode == "train" and task.train_split is None:
     raise ValueError(f"task {task.name} has no training split; use mode=predict")
+  os.makedirs(workdir, exist_ok=True)
 
   model = build_model(config, task)
   vocab = task.tokenizer.get_vocab_size()
@@ -117,8 +135,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                best_metric=task.main_metric, best_mode=task.metric_mode)
   mesh = Mesh()
-  if config.mode != "train":
-    return _eval_or_predict(config, workdir, task, model, ckpts, mesh)
+  try:
+    if config.mode != "train":
+      return _eval_or_predict(config, workdir, task, model, ckpts, mesh)
+    return _train(config, workdir, task, model, ckpts, mesh)
+  finally:
+    ckpts.close()
+
+
+def _train(config, workdir, task, model, ckpts, mesh) -> dict:
+  final_path = os.path.join(workdir, FINAL_FILE)
 
   t0 = time.time()
   train_enc = task.load(task.train_split)
@@ -160,10 +186,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_metrics = {}
 
   def consume(pending_metrics, pending_step):
+    """Checks step `pending_step` (1-based, as logged) before its state can be saved."""
     m = jax.tree.map(float, jax.device_get(pending_metrics))
-    if not math.isfinite(m["loss"]):
-      raise FloatingPointError(f"non-finite loss {m['loss']} at step {pending_step}; "
-                               "no checkpoint of this state was saved")
+    all_finite = m.pop("all_finite", 1.0)
+    bad = [f"{k}={m[k]}" for k in ("loss", "grad_norm") if not math.isfinite(m[k])]
+    if not all_finite:
+      bad.append("non-finite parameters after the update")
+    if bad:
+      raise FloatingPointError(
+          f"training diverged at step {pending_step}: {', '.join(bad)} (learning rate "
+          f"{m['learning_rate']:.3g}); no checkpoint of this state was saved")
     window.append(m)
 
   epoch, start_batch = divmod(step, steps_per_epoch)
@@ -177,8 +209,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state, metrics = train_step(state, mesh.put_batch(batch), base_rng, step)
         if pending is not None:  # fetch step n-1 while step n runs
           consume(*pending)
-        pending = (metrics, step)
         step += 1
+        pending = (metrics, step)
         steps_this_run += 1
         progress.update(step)
         if step % config.log_every_steps == 0 or step == total:
@@ -192,14 +224,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
           progress.set_postfix(loss=avg["loss"])
           window, t_window = [], time.time()
         do_eval = step % eval_every == 0 or step == total
+        do_ckpt = do_eval or step % ckpt_every == 0
+        if do_ckpt and pending is not None:  # never evaluate or save an unchecked state
+          consume(*pending)
+          pending = None
         if do_eval:
           eval_metrics = _eval_all(task, eval_step, state, mesh, eval_encs, config)
           logger.write("eval", step, eval_metrics)
           logging.info("step %d eval: %s", step, eval_metrics)
-        if do_eval or step % ckpt_every == 0:
-          if pending is not None:
-            consume(*pending)
-            pending = None
+        if do_ckpt:
           meta = dict(step=step, epoch=step // steps_per_epoch,
                       batch_in_epoch=step % steps_per_epoch, total_steps=total)
           ckpts.save(step, state[0], state[1], meta,
@@ -214,13 +247,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   finally:
     progress.close()
     logger.close()
+  if not eval_metrics:  # resumed from the final checkpoint of a run killed before it finished
+    eval_metrics = _eval_all(task, eval_step, state, mesh, eval_encs, config)
   best = ckpts.best_step()
   final = dict(eval_metrics, step=step, best_step=best)
   if jax.process_index() == 0:
     with open(final_path + ".tmp", "w") as f:
       json.dump(final, f, indent=2)
     os.replace(final_path + ".tmp", final_path)
-  ckpts.close()
   return final
 
 
@@ -258,5 +292,9 @@ def _eval_or_predict(config, workdir, task, model, ckpts, mesh) -> dict:
       c = evaluate(task, eval_step, state, mesh, task.load(split), config.batch_size,
                    tuple(config.data.bucket_boundaries))
       result[f"{split}_file"] = task.write_predictions(c, split, out_dir)
+    if config.data.eval_limit:
+      logging.warning("config.data.eval_limit=%d: the submission files hold only the first %d "
+                      "test examples (a smoke run, not a valid submission)",
+                      config.data.eval_limit, config.data.eval_limit)
   logging.info("%s: %s", config.mode, result)
   return result

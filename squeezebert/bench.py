@@ -1,0 +1,348 @@
+"""Inference benchmark: latency, throughput, FLOPs and memory of the deterministic forward.
+
+    python -m squeezebert.bench --variant squeezebert-base --batch 32 --seq 128 \
+        [--dtype bf16] [--param_dtype f32] [--json out.json] [--warmup 2 --iters 5] \
+        [--layers N] [--head base]
+    python -m squeezebert.bench --compare --batch 32 --seq 128 --json cmp.json
+
+What is timed: `jax.jit` of `nnx.merge(graphdef, state)(ids, mask, types, deterministic=True)`
+with the graphdef static (closed over) and the whole nnx state passed as arguments (so the
+weights are runtime buffers, not folded constants), called through the AOT-compiled
+executable, `block_until_ready` on every call. Inputs: random token ids, full mask,
+token type 0. Weights: `--init fast` (default) fills the model's shapes with numpy random
+values (the model's own initializers, `--init model`, compile op by op and are slow on a
+small CPU). Each call's process CPU time is recorded too: `cpu_per_wall` near the core
+count means the run had the cores to itself; much lower means other load squeezed it.
+
+CPU layout notes (2-core AVX2 EPYC, jax 0.10.2, squeezebert-base batch 32 seq 128 fp32):
+XLA:CPU sends dots in canonical layout to its fast GEMM (YNNPACK fusions) and the rest to
+a generic Eigen path. The grouped einsum '...gi,gio->...go' landed on the slow path (3.5 s
+per batch); group-major '[G, ..., I] x [G, I, O]' (2.7 s) and heads-major attention
+(2.1 s together) are what GroupedProjection/AttentionCore now use. A grouped
+`lax.conv_general_dilated` (2.9 s) and a zero-filled block-diagonal dense (4x FLOPs) were
+slower; XLA_FLAGS (multi_thread_eigen, use_onednn, use_xnnpack, ynn fusion types) gave
+no gain.
+
+FLOPs. `analytic_flops` counts 2 FLOPs per multiply-accumulate of the matmuls only:
+per layer QKV + post-attention + intermediate + output projections (each divided by its
+group count) and the two attention matmuls QK^T and AV (2*L*L*D MACs per sequence); the
+pooler (one D x D dense on token 0) is reported apart. Embeddings (gathers + LayerNorm),
+softmax, LayerNorm, GELU, biases and residual adds are not counted. With this rule
+SqueezeBERT-base is 7.40 GFLOPs/seq and BERT-base 22.35 GFLOPs/seq at seq 128 (encoder
+layers only), the SqueezeBERT paper's figures. XLA's `cost_analysis()` FLOPs are reported
+next to it; they also count elementwise ops (1 per element), so they run a little higher.
+
+dtype. `--dtype bf16` sets compute dtype bfloat16 and, by default, bfloat16 parameters too
+(`--param_dtype` overrides, e.g. f32 master weights cast per matmul as in mixed-precision
+training); LayerNorm statistics and the softmax stay in float32 as in the model code.
+
+Memory. GPU/TPU: `device.memory_stats()['peak_bytes_in_use']` (labelled
+`device_peak_bytes_in_use`). CPU has no allocator stats: we report the compiled
+executable's `memory_analysis()` (argument + output + temp bytes, labelled
+`compiled_memory_analysis`) and the process max RSS (`process_max_rss`, whole process,
+includes the Python runtime and every model built so far).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from squeezebert.model import build_model, get_config, param_count
+from squeezebert.model.config import ModelConfig
+
+# The issue's target on a 2-core CPU, seq 128, fp32, batch 32.
+TARGET_RATIO = 0.40
+TARGET_MS_PER_SEQ = 55.0
+
+
+def make_config(variant: str, dtype: str = "float32", param_dtype: str | None = None,
+                layers: int | None = None) -> ModelConfig:
+  """Preset + benchmark dtype policy (param_dtype defaults to the compute dtype)."""
+  alias = {"f32": "float32", "f16": "float16"}
+  dtype = alias.get(dtype, dtype)
+  over: dict[str, Any] = dict(dtype=dtype, param_dtype=alias.get(param_dtype, param_dtype) or dtype)
+  if layers is not None:
+    over["num_hidden_layers"] = layers
+  return get_config(variant, **over)
+
+
+def analytic_flops(cfg: ModelConfig, seq: int) -> dict:
+  """Matmul FLOPs (2 per MAC) of one sequence of length `seq` through the encoder."""
+  d, f, l = cfg.hidden_size, cfg.intermediate_size, seq
+  g = cfg.groups
+  mac = dict(
+      qkv=l * d * d * (1 / g["q"] + 1 / g["k"] + 1 / g["v"]),
+      post_attention=l * d * d / g["post_attention"],
+      intermediate=l * d * f / g["intermediate"],
+      output=l * f * d / g["output"],
+      attention_scores=l * l * d,   # QK^T over all heads
+      attention_context=l * l * d,  # AV over all heads
+  )
+  per_layer = {k: 2 * v for k, v in mac.items()}
+  layer_total = sum(per_layer.values())
+  encoder = cfg.num_hidden_layers * layer_total
+  pooler = 2 * d * d
+  return dict(per_layer=per_layer, layer_total=layer_total, encoder=encoder, pooler=pooler,
+              total=encoder + pooler, embeddings="excluded (gathers, no matmul)",
+              rule="2 FLOPs per MAC, matmuls only; softmax/LN/GELU/bias excluded")
+
+
+def xla_cost(compiled) -> dict:
+  """`compiled.cost_analysis()` as a dict (older jax returns a one-element list)."""
+  try:
+    ca = compiled.cost_analysis()
+  except Exception as e:  # some backends do not implement it
+    return dict(error=repr(e))
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else {}
+  ca = ca or {}
+  pick = lambda k: float(ca[k]) if k in ca else None
+  return dict(flops=pick("flops"), transcendentals=pick("transcendentals"),
+              bytes_accessed=pick("bytes accessed"))
+
+
+def memory_report(compiled, device) -> dict:
+  out: dict[str, Any] = {}
+  try:
+    stats = device.memory_stats()
+  except Exception:
+    stats = None
+  if stats and "peak_bytes_in_use" in stats:
+    out["peak_bytes"] = int(stats["peak_bytes_in_use"])
+    out["peak_source"] = "device_peak_bytes_in_use"
+  try:
+    ma = compiled.memory_analysis()
+  except Exception:
+    ma = None
+  if ma is not None:
+    parts = {k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
+             for k in ("argument", "output", "temp", "alias", "generated_code")}
+    out["compiled"] = parts
+    compiled_total = parts["argument"] + parts["output"] + parts["temp"] - parts["alias"]
+    out["compiled_total_bytes"] = compiled_total
+    if "peak_bytes" not in out:
+      out["peak_bytes"] = compiled_total
+      out["peak_source"] = "compiled_memory_analysis"
+  # ru_maxrss is KiB on Linux, bytes on macOS.
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  out["process_max_rss_bytes"] = int(rss if platform.system() == "Darwin" else rss * 1024)
+  if "peak_bytes" not in out:
+    out["peak_bytes"] = out["process_max_rss_bytes"]
+    out["peak_source"] = "process_max_rss"
+  return out
+
+
+def model_state(cfg: ModelConfig, head: str = "base", seed: int = 0, init: str = "fast"):
+  """(graphdef, state, param count) of `SqueezeBert(cfg, head)`.
+
+  init="model" runs the model's own initializers (eager: one small XLA compile per random
+  op, which costs tens of seconds on a busy 2-core machine); init="fast" (default) traces
+  the constructor abstractly and fills the same shapes/dtypes with numpy: N(0,
+  initializer_range) for kernels/embeddings, LayerNorm scale 1, biases 0. Latency does not
+  depend on the weight values.
+  """
+  if init == "model":
+    model = build_model(cfg, head=head, seed=seed)
+    return (*nnx.split(model), param_count(model))
+  if init != "fast":
+    raise ValueError(f"init must be 'fast' or 'model', got {init!r}")
+  abstract = nnx.eval_shape(lambda: build_model(cfg, head=head, seed=seed))
+  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  graphdef, abstract_state = nnx.split(abstract)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = getattr(path[-2] if len(path) > 1 else path[-1], "key", "")
+    if name == "scale":
+      x = np.ones(leaf.shape, np.float32)
+    elif name == "bias":
+      x = np.zeros(leaf.shape, np.float32)
+    else:
+      x = rng.standard_normal(leaf.shape, np.float32) * np.float32(cfg.initializer_range)
+    return jnp.asarray(x.astype(leaf.dtype))
+
+  return graphdef, jax.tree_util.tree_map_with_path(fill, abstract_state), n_params
+
+
+def make_forward(graphdef):
+  """jitted fn(state, ids, mask, types) -> ModelOutput; the graphdef is static (closed over)."""
+
+  @jax.jit
+  def forward(state, ids, mask, types):
+    return nnx.merge(graphdef, state)(ids, mask, types, deterministic=True)
+
+  return forward
+
+
+def make_inputs(cfg: ModelConfig, batch: int, seq: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  ids = jnp.asarray(rng.integers(1, cfg.vocab_size, size=(batch, seq)), jnp.int32)
+  return ids, jnp.ones_like(ids), jnp.zeros_like(ids)
+
+
+def time_calls(fn, args, warmup: int, iters: int) -> tuple[list[float], list[float]]:
+  """Wall-clock and process-CPU seconds of each timed call (block_until_ready each)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  wall, cpu = [], []
+  for _ in range(iters):
+    t0, c0 = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  return wall, cpu
+
+
+def environment() -> dict:
+  dev = jax.devices()[0]
+  return dict(backend=jax.default_backend(), device=str(dev), device_kind=dev.device_kind,
+              device_count=jax.device_count(), jax_version=jax.__version__,
+              cpu_count=os.cpu_count(), load_avg=list(os.getloadavg()),
+              xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
+def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int = 128,
+                  dtype: str = "float32", *, param_dtype: str | None = None,
+                  layers: int | None = None, head: str = "base", warmup: int = 2,
+                  iters: int = 5, seed: int = 0, init: str = "fast") -> dict:
+  """Build, compile and time one model; returns a JSON-able dict."""
+  if warmup < 0 or iters < 1:
+    raise ValueError(f"need warmup >= 0 and iters >= 1, got {warmup}, {iters}")
+  cfg = make_config(variant, dtype, param_dtype, layers)
+  if seq > cfg.max_position_embeddings:
+    raise ValueError(f"seq {seq} > max_position_embeddings {cfg.max_position_embeddings}")
+  env = environment()
+  graphdef, state, n_params = model_state(cfg, head, seed, init)
+  forward = make_forward(graphdef)
+  args = (state, *make_inputs(cfg, batch, seq, seed))
+
+  t0 = time.perf_counter()
+  lowered = forward.lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+
+  times, cpu_times = time_calls(compiled, args, warmup, iters)
+  med = float(np.median(times))
+  p10, p90 = (float(x) for x in np.percentile(times, [10, 90]))
+  fl = analytic_flops(cfg, seq)
+  xla = xla_cost(compiled)
+  batch_flops = fl["total"] * batch
+  res = dict(
+      variant=variant, head=head, batch=batch, seq=seq,
+      dtype=cfg.to_dict()["dtype"], param_dtype=cfg.to_dict()["param_dtype"],
+      num_layers=cfg.num_hidden_layers, params=int(n_params), init=init,
+      flops_analytic=dict(per_seq=fl["total"], per_batch=batch_flops,
+                          encoder_per_seq=fl["encoder"], pooler_per_seq=fl["pooler"],
+                          per_layer_per_seq=fl["per_layer"], embeddings=fl["embeddings"],
+                          rule=fl["rule"]),
+      flops_xla=dict(per_batch=xla.get("flops"),
+                     per_seq=None if xla.get("flops") is None else xla["flops"] / batch,
+                     transcendentals=xla.get("transcendentals"),
+                     bytes_accessed=xla.get("bytes_accessed"), error=xla.get("error")),
+      lower_s=t1 - t0, compile_s=t2 - t1,
+      warmup=warmup, iters=iters, times_s=times, cpu_times_s=cpu_times,
+      # process CPU seconds per call / wall seconds: ~cores used; well below the core count
+      # on an idle machine means the timing was squeezed by other load.
+      cpu_per_wall=float(np.median(cpu_times)) / med,
+      latency_s=dict(median=med, p10=p10, p90=p90, min=float(min(times))),
+      seq_per_s=batch / med, ms_per_seq=1e3 * med / batch,
+      gflops_per_s=batch_flops / med / 1e9,
+      gflops_per_s_xla=None if xla.get("flops") is None else xla["flops"] / med / 1e9,
+      memory=memory_report(compiled, jax.devices()[0]),
+      load_avg_after=list(os.getloadavg()),
+      **env)
+  return res
+
+
+def compare(batch: int = 32, seq: int = 128, dtype: str = "float32",
+            variants=("squeezebert-base", "bert-base"), **kw) -> dict:
+  """Runs both variants back to back; ratio = latency(variants[0]) / latency(variants[1])."""
+  a = run_benchmark(variants[0], batch, seq, dtype, **kw)
+  b = run_benchmark(variants[1], batch, seq, dtype, **kw)
+  ratio = a["latency_s"]["median"] / b["latency_s"]["median"]
+  return dict(results={variants[0]: a, variants[1]: b}, latency_ratio=ratio,
+              flops_ratio=a["flops_analytic"]["per_seq"] / b["flops_analytic"]["per_seq"],
+              targets=dict(ratio_max=TARGET_RATIO, ms_per_seq_max=TARGET_MS_PER_SEQ,
+                           note="issue target: 2-core CPU, fp32, batch 32, seq 128",
+                           ratio_ok=ratio <= TARGET_RATIO,
+                           ms_per_seq_ok=a["ms_per_seq"] <= TARGET_MS_PER_SEQ))
+
+
+def summary(r: dict) -> str:
+  lat = r["latency_s"]
+  xf = r["flops_xla"]["per_seq"]
+  mem = r["memory"]
+  return (f"{r['variant']} [{r['head']}] {r['backend']}:{r['device_kind']} jax {r['jax_version']} "
+          f"{r['dtype']}/{r['param_dtype']} batch {r['batch']} seq {r['seq']} "
+          f"layers {r['num_layers']}\n"
+          f"  params {r['params']:,}  analytic {r['flops_analytic']['per_seq'] / 1e9:.3f} "
+          f"GFLOPs/seq ({r['flops_analytic']['per_batch'] / 1e9:.1f}/batch)"
+          + (f"  XLA {xf / 1e9:.3f} GFLOPs/seq" if xf is not None else "") + "\n"
+          f"  lower {r['lower_s']:.2f}s compile {r['compile_s']:.2f}s  latency median "
+          f"{lat['median'] * 1e3:.1f} ms (p10 {lat['p10'] * 1e3:.1f}, p90 {lat['p90'] * 1e3:.1f}) "
+          f"over {r['iters']} iters\n"
+          f"  {r['seq_per_s']:.1f} seq/s  {r['ms_per_seq']:.2f} ms/seq  "
+          f"{r['gflops_per_s']:.1f} GFLOP/s (analytic)  cpu/wall {r['cpu_per_wall']:.2f}\n"
+          f"  peak memory {mem['peak_bytes'] / 2**20:.1f} MiB ({mem['peak_source']}); "
+          f"process max RSS {mem['process_max_rss_bytes'] / 2**20:.0f} MiB; "
+          f"load avg {r['load_avg']}")
+
+
+def main(argv):
+  del argv
+  F = flags.FLAGS
+  kw = dict(param_dtype=F.param_dtype, layers=F.layers, head=F.head, warmup=F.warmup,
+            iters=F.iters, seed=F.seed, init=F.init)
+  if F.compare:
+    out = compare(F.batch, F.seq, F.dtype, **kw)
+    for r in out["results"].values():
+      print(summary(r))
+    t = out["targets"]
+    print(f"latency ratio {out['latency_ratio']:.3f} (target <= {t['ratio_max']}: "
+          f"{'ok' if t['ratio_ok'] else 'MISSED'}); analytic FLOPs ratio "
+          f"{out['flops_ratio']:.3f}; ms/seq target <= {t['ms_per_seq_max']}: "
+          f"{'ok' if t['ms_per_seq_ok'] else 'MISSED'}")
+  else:
+    out = run_benchmark(F.variant, F.batch, F.seq, F.dtype, **kw)
+    print(summary(out))
+  if F.json:
+    d = os.path.dirname(os.path.abspath(F.json))
+    os.makedirs(d, exist_ok=True)
+    with open(F.json, "w") as fh:
+      json.dump(out, fh, indent=2)
+    print(f"wrote {F.json}")
+
+
+def _define_flags():
+  flags.DEFINE_string("variant", "squeezebert-base", "model preset (squeezebert.PRESETS)")
+  flags.DEFINE_integer("batch", 32, "batch size")
+  flags.DEFINE_integer("seq", 128, "sequence length")
+  flags.DEFINE_string("dtype", "float32", "compute dtype: f32|fp32|float32|bf16|bfloat16|...")
+  flags.DEFINE_string("param_dtype", None, "parameter dtype (default: same as --dtype)")
+  flags.DEFINE_integer("layers", None, "override num_hidden_layers")
+  flags.DEFINE_string("head", "base", "task head")
+  flags.DEFINE_integer("warmup", 2, "untimed calls after compilation")
+  flags.DEFINE_integer("iters", 5, "timed calls")
+  flags.DEFINE_integer("seed", 0, "init / input seed")
+  flags.DEFINE_enum("init", "fast", ["fast", "model"],
+                    "weights: numpy random (fast) or the model's own initializers (slow)")
+  flags.DEFINE_bool("compare", False, "run squeezebert-base and bert-base; report the ratio")
+  flags.DEFINE_string("json", None, "write the result dict here")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,85 @@
+"""squeezebert.bench: result schema, analytic FLOPs vs the paper, XLA cost analysis vs analytic."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from squeezebert import bench
+
+KEYS = {"variant", "head", "batch", "seq", "dtype", "param_dtype", "num_layers", "params",
+        "flops_analytic", "flops_xla", "lower_s", "compile_s", "warmup", "iters", "times_s",
+        "cpu_times_s", "latency_s", "seq_per_s", "ms_per_seq", "gflops_per_s", "memory",
+        "backend", "device", "device_kind", "jax_version", "load_avg"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return bench.run_benchmark("tiny", batch=2, seq=16, warmup=1, iters=2)
+
+
+def test_result_schema(tiny):
+  assert KEYS <= set(tiny)
+  json.dumps(tiny)  # JSON-able as written by --json
+  assert tiny["params"] == 17248 and tiny["init"] == "fast" and tiny["dtype"] == "float32"
+  assert len(tiny["times_s"]) == 2
+  lat = tiny["latency_s"]
+  assert 0 < lat["p10"] <= lat["median"] <= lat["p90"]
+  assert tiny["ms_per_seq"] == pytest.approx(1e3 * lat["median"] / 2)
+  assert tiny["seq_per_s"] == pytest.approx(2 / lat["median"])
+  fa = tiny["flops_analytic"]
+  assert fa["per_batch"] == pytest.approx(2 * fa["per_seq"])
+  assert tiny["gflops_per_s"] == pytest.approx(fa["per_batch"] / lat["median"] / 1e9)
+  mem = tiny["memory"]
+  assert mem["peak_bytes"] > 0 and mem["peak_source"] in (
+      "device_peak_bytes_in_use", "compiled_memory_analysis", "process_max_rss")
+
+
+@pytest.mark.parametrize("variant,ref", [("squeezebert-base", 7.40e9), ("bert-base", 22.35e9)])
+def test_analytic_flops_match_paper(variant, ref):
+  f = bench.analytic_flops(bench.make_config(variant), 128)
+  assert f["encoder"] == pytest.approx(ref, rel=0.01)
+  assert f["total"] == f["encoder"] + f["pooler"] and f["pooler"] == 2 * 768 * 768
+
+
+def test_analytic_flops_closed_form():
+  # BERT-base layer at L=128: 12*L*D^2 + 2*L^2*D MACs.
+  f = bench.analytic_flops(bench.make_config("bert-base"), 128)
+  assert f["layer_total"] == 2 * (12 * 128 * 768**2 + 2 * 128**2 * 768)
+  # Groups divide the projection FLOPs (SqueezeBERT: q/k/v/intermediate/output /4).
+  s = bench.analytic_flops(bench.make_config("squeezebert-base"), 128)["per_layer"]
+  b = f["per_layer"]
+  for k in ("qkv", "intermediate", "output"):
+    assert s[k] * 4 == pytest.approx(b[k])
+  assert s["post_attention"] == b["post_attention"]
+  assert s["attention_scores"] == b["attention_scores"]
+
+
+def test_xla_flops_vs_analytic(tiny):
+  # XLA counts every dot at 2 FLOPs/MAC plus ~1 FLOP per elementwise op; at hidden 32 the
+  # elementwise part (softmax, LayerNorm, GELU) is ~0.9x the matmuls, at width 256 ~0.15x.
+  ratio = tiny["flops_xla"]["per_batch"] / tiny["flops_analytic"]["per_batch"]
+  assert 1.0 < ratio < 2.5, ratio
+  r = bench.run_benchmark("squeezebert-small", batch=2, seq=64, layers=1, warmup=0, iters=1)
+  ratio = r["flops_xla"]["per_batch"] / r["flops_analytic"]["per_batch"]
+  assert 1.0 < ratio < 1.2, ratio
+
+
+def test_bf16_and_compare():
+  out = bench.compare(batch=1, seq=8, dtype="bf16", variants=("tiny", "tiny"), layers=1,
+                      warmup=0, iters=1)
+  r = out["results"]["tiny"]
+  assert r["dtype"] == "bfloat16" and r["param_dtype"] == "bfloat16"
+  assert out["latency_ratio"] > 0 and out["flops_ratio"] == 1.0
+  assert set(out["targets"]) >= {"ratio_ok", "ms_per_seq_ok"}
+  assert bench.make_config("tiny", "bf16", "f32").param_dtype == "float32"
+
+
+def test_cli_writes_json(tmp_path):
+  path = tmp_path / "out.json"
+  subprocess.run([sys.executable, "-m", "squeezebert.bench", "--variant", "tiny", "--batch", "1",
+                  "--seq", "8", "--warmup", "0", "--iters", "1", "--layers", "1",
+                  "--json", str(path)], check=True, capture_output=True, timeout=120)
+  r = json.loads(path.read_text())
+  assert r["variant"] == "tiny" and r["num_layers"] == 1 and r["batch"] == 1
