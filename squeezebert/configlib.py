@@ -83,6 +83,13 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.adam_b2 = 0.999
   c.adam_eps = 1e-6
   c.grad_clip_norm = 1.0          # 0 disables
+  # Knowledge distillation (squeezebert/train/distill.py): a frozen teacher in the train step.
+  c.distill = ml_collections.ConfigDict(dict(
+      teacher="",                 # "" = off | HF dir | our model dir | workdir, with the task's head
+      alpha=0.5,                  # loss = (1 - alpha) * task + alpha * T^2 * KL(teacher || student)
+      temperature=2.0,
+      hidden_weight=0.0,          # >0: + weight * MSE of mapped hidden states (equal widths)
+  ))
   # Bookkeeping.
   c.log_every_steps = 50
   c.eval_every_steps = 0          # 0 -> once per epoch

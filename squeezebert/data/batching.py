@@ -29,6 +29,12 @@ class EncodedSplit:
   labels: np.ndarray          # [N] int32 (float32 for regression)
   idx: np.ndarray             # [N] int32
   num_truncated: int
+  # Task-specific arrays served in every batch under their own names (NER tags, QA spans...).
+  # token_extras are [N, max_len] and sliced to the batch's bucket length like input_ids;
+  # example_extras are [N, ...]. Rows that pad a short final batch get `extra_pad[name]` (0).
+  token_extras: dict = dataclasses.field(default_factory=dict)
+  example_extras: dict = dataclasses.field(default_factory=dict)
+  extra_pad: dict = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.lengths)
@@ -119,7 +125,17 @@ def batches(enc: EncodedSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
     batch["labels"][:real] = enc.labels[sel]
     batch["example_weight"][:real] = 1.0
     batch["idx"][:real] = enc.idx[sel]
+    for name, arr in enc.token_extras.items():
+      batch[name] = _padded_rows(arr[sel, :L], batch_size, enc.extra_pad.get(name, 0))
+    for name, arr in enc.example_extras.items():
+      batch[name] = _padded_rows(arr[sel], batch_size, enc.extra_pad.get(name, 0))
     yield batch
+
+
+def _padded_rows(rows: np.ndarray, batch_size: int, fill) -> np.ndarray:
+  out = np.full((batch_size, *rows.shape[1:]), fill, rows.dtype)
+  out[:len(rows)] = rows
+  return out
 
 
 def shard_batch_for_process(batch: dict, process_index: int, process_count: int) -> dict:

@@ -48,22 +48,32 @@ class GroupedProjection(nnx.Module):
         rngs.params(), (groups, cin // groups, cout // groups), pdt))
     self.bias = nnx.Param(jnp.zeros((cout,), pdt))
 
-  def __call__(self, x_BxLxCin: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, group_major_in: bool = False,
+               group_major_out: bool = False) -> jax.Array:
+    """x is [..., Cin], or [G, ..., Cin/G] with group_major_in; the result is [..., Cout], or
+    [G, ..., Cout/G] with group_major_out (G > 1 only). Chaining two projections with equal
+    groups group-major skips the transposes of the big FFN intermediate in between."""
     g = self.groups
     kernel = self.kernel[...].astype(self.dtype)
-    x = x_BxLxCin.astype(self.dtype)
-    lead = x.shape[:-1]
+    x = x.astype(self.dtype)
     if g == 1:
-      y = jnp.einsum("...i,io->...o", x, kernel[0])
+      if group_major_in or group_major_out:
+        raise ValueError("group-major layout needs groups > 1")
+      return jnp.einsum("...i,io->...o", x, kernel[0]) + self.bias[...].astype(self.dtype)
+    # Group-major batched matmul: same math as '...gi,gio->...go', which XLA:CPU runs as
+    # a transposed kernel @ x^T dot on its slow generic path; [G, ..., I] x [G, I, O]
+    # hits the fast GEMM (~1.3x whole model on CPU, see squeezebert/bench.py). x keeps
+    # its [B, L] axes so qwix's shape heuristic can never mistake it for the kernel.
+    if group_major_in:
+      x_GxBxLxI = x
     else:
-      # Group-major batched matmul: same math as '...gi,gio->...go', which XLA:CPU runs as
-      # a transposed kernel @ x^T dot on its slow generic path; [G, ..., I] x [G, I, O]
-      # hits the fast GEMM (~1.3x whole model on CPU, see squeezebert/bench.py). x keeps
-      # its [B, L] axes so qwix's shape heuristic can never mistake it for the kernel.
-      x_GxBxLxI = jnp.moveaxis(x.reshape(*lead, g, self.cin // g), -2, 0)
-      y_GxBxLxO = jnp.einsum("g...i,gio->g...o", x_GxBxLxI, kernel)
-      y = jnp.moveaxis(y_GxBxLxO, 0, -2).reshape(*lead, self.cout)
-    return y + self.bias[...].astype(self.dtype)
+      x_GxBxLxI = jnp.moveaxis(x.reshape(*x.shape[:-1], g, self.cin // g), -2, 0)
+    y_GxBxLxO = jnp.einsum("g...i,gio->g...o", x_GxBxLxI, kernel)
+    bias_GxO = self.bias[...].astype(self.dtype).reshape(g, self.cout // g)
+    if group_major_out:
+      return y_GxBxLxO + bias_GxO.reshape(g, *([1] * (y_GxBxLxO.ndim - 2)), -1)
+    lead = y_GxBxLxO.shape[1:-1]
+    return jnp.moveaxis(y_GxBxLxO, 0, -2).reshape(*lead, self.cout) + bias_GxO.reshape(-1)
 
 
 def layer_norm(dim: int, eps: float, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -164,10 +174,11 @@ class ProjDropoutNorm(nnx.Module):
     self.layer_norm = layer_norm(cout, cfg.layer_ln_eps, cfg, rngs)
     self.dropout = Dropout(cfg.hidden_dropout_prob)
 
-  def __call__(self, x, residual, *, deterministic, rngs):
-    y = self.dropout(self.proj(x), deterministic=deterministic, rngs=rngs)
+  def __call__(self, x, residual, *, deterministic, rngs, group_major_in=False):
+    y = self.proj(x, group_major_in=group_major_in)
+    y = self.dropout(y, deterministic=deterministic, rngs=rngs)
     y = self.layer_norm(y.astype(jnp.float32) + residual.astype(jnp.float32))
-    return y.astype(x.dtype)
+    return y.astype(residual.dtype)
 
 
 class ProjActivation(nnx.Module):
@@ -175,8 +186,8 @@ class ProjActivation(nnx.Module):
     self.proj = GroupedProjection(cin, cout, groups, cfg=cfg, rngs=rngs)
     self.act = cfg.hidden_act  # a name, not a function: keeps the graphdef hashable/comparable
 
-  def __call__(self, x):
-    return activation(self.act)(self.proj(x))
+  def __call__(self, x, *, group_major_out=False):
+    return activation(self.act)(self.proj(x, group_major_out=group_major_out))
 
 
 class Block(nnx.Module):
@@ -192,4 +203,8 @@ class Block(nnx.Module):
   def __call__(self, x_BxLxD, bias_Bx1x1xL, *, deterministic, rngs):
     att = self.attention(x_BxLxD, bias_Bx1x1xL, deterministic=deterministic, rngs=rngs)
     h1 = self.post_attention(att, x_BxLxD, deterministic=deterministic, rngs=rngs)
-    return self.output(self.intermediate(h1), h1, deterministic=deterministic, rngs=rngs)
+    # Equal FFN groups (SqueezeBERT: 4 and 4): keep the [B, L, 4D] intermediate group-major,
+    # since output group j reads exactly intermediate group j. Same math, fewer transposes.
+    gm = self.intermediate.proj.groups == self.output.proj.groups > 1
+    inter = self.intermediate(h1, group_major_out=gm)
+    return self.output(inter, h1, deterministic=deterministic, rngs=rngs, group_major_in=gm)

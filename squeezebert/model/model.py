@@ -75,7 +75,8 @@ class SqueezeBert(nnx.Module):
   """Encoder + one task head.
 
   Call: model(input_ids, attention_mask=None, token_type_ids=None, *, rngs=None,
-  deterministic=None). Dropout is on only when `deterministic` is False (default: on iff
+  deterministic=None, output_hidden_states=False, masked_positions=None). Dropout is on
+  only when `deterministic` is False (default: on iff
   `rngs` is given). `rngs` is an `nnx.Rngs` or a PRNG key; it is never stored.
   multiple_choice takes [B, C, L] inputs and returns logits [B, C].
   """
@@ -102,8 +103,8 @@ class SqueezeBert(nnx.Module):
       self.qa_outputs = dense(d, 2, cfg, rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs=None,
-               deterministic: bool | None = None, output_hidden_states: bool = False
-               ) -> ModelOutput:
+               deterministic: bool | None = None, output_hidden_states: bool = False,
+               masked_positions=None) -> ModelOutput:
     if deterministic is None:
       deterministic = rngs is None
     if rngs is not None and not isinstance(rngs, nnx.Rngs):
@@ -132,7 +133,11 @@ class SqueezeBert(nnx.Module):
                                            output_hidden_states=output_hidden_states, **kw)
     out = dict(last_hidden_state=seq, pooler_output=pooled, hidden_states=hidden)
     if self.head in ("mlm", "pretraining"):
-      out["logits"] = self.cls(seq, self.transformer.embeddings.word_embeddings[...])
+      # masked_positions [B, P]: MLM logits only there ([B, P, V]); at L=128 the full
+      # [B, L, V] vocabulary projection would cost more than a small encoder.
+      mlm_in = seq if masked_positions is None else jnp.take_along_axis(
+          seq, jnp.asarray(masked_positions)[..., None], axis=1)
+      out["logits"] = self.cls(mlm_in, self.transformer.embeddings.word_embeddings[...])
     if self.head == "pretraining":
       out["sop_logits"] = self.seq_relationship(pooled)
     if self.head in ("classification", "regression"):

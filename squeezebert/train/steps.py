@@ -11,28 +11,51 @@ from flax import nnx
 from squeezebert.train.tasks import MODEL_INPUTS
 
 
-def _forward(model, batch, rng, deterministic):
-  return model(*(batch[k] for k in MODEL_INPUTS), rngs=rng, deterministic=deterministic)
+def _prepare(task, batch, rng, train: bool):
+  """Task-side in-step preprocessing (e.g. MLM masking) and extra model arguments."""
+  if hasattr(task, "prepare"):
+    batch = task.prepare(batch, rng, train)
+  kwargs = task.model_kwargs(batch) if hasattr(task, "model_kwargs") else {}
+  return batch, kwargs
 
 
-def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1):
-  """state -> state; gradients averaged over `grad_accum_steps` micro-batches (one update)."""
+def _forward(model, batch, rng, deterministic, kwargs, output_hidden_states=False):
+  return model(*(batch[k] for k in MODEL_INPUTS), rngs=rng, deterministic=deterministic,
+               output_hidden_states=output_hidden_states, **kwargs)
 
-  def loss_fn(model, batch, rng):
-    out = _forward(model, batch, rng, deterministic=False)
+
+def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teacher=None,
+                    distill_cfg=None):
+  """(state, batch, base_rng, step_no[, teacher_state]) -> (state, metrics); gradients are
+  averaged over `grad_accum_steps` micro-batches (one update). With a `distill.Teacher`, its
+  frozen forward runs in the step and the loss mixes in the distillation terms."""
+  hidden = teacher is not None and distill_cfg.hidden_weight > 0
+
+  def loss_fn(model, batch, rng, teacher_state):
+    # Only tasks that draw in-step randomness split the key (GLUE dropout streams unchanged).
+    mask_rng, drop_rng = jax.random.split(rng) if hasattr(task, "prepare") else (None, rng)
+    batch, kwargs = _prepare(task, batch, mask_rng, train=True)
+    out = _forward(model, batch, drop_rng, False, kwargs, output_hidden_states=hidden)
     loss, aux = task.loss(out, batch)
+    if teacher is not None:
+      from squeezebert.train import distill  # noqa: PLC0415 (keeps steps import-light)
+      t_out = teacher(teacher_state, tuple(batch[k] for k in MODEL_INPUTS), kwargs, hidden)
+      terms = distill.distill_terms(distill_cfg, task.head, out, t_out, batch)
+      aux = dict(aux, task_loss=loss, **terms)
+      loss = distill.combine(distill_cfg, loss, terms)
     return loss, aux
 
-  def grads_of(model, batch, rng):
-    (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch, rng)
+  def grads_of(model, batch, rng, teacher_state):
+    (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch, rng,
+                                                                   teacher_state)
     return loss, aux, grads
 
-  def step(state, batch, base_rng, step_no):
+  def step(state, batch, base_rng, step_no, teacher_state=None):
     model, opt = nnx.merge(graphdef, state)
     rng = jax.random.fold_in(base_rng, step_no)
     k = grad_accum_steps
     if k == 1:
-      loss, aux, grads = grads_of(model, batch, rng)
+      loss, aux, grads = grads_of(model, batch, rng, teacher_state)
     else:
       # Micro-batch i = examples i, i+k, i+2k, ...: the batch is sharded over devices in
       # contiguous blocks, so strided micro-batches keep every device busy in every micro-step
@@ -45,7 +68,8 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1):
       model_state = nnx.as_pure(model_state)  # plain arrays: no Variables of this trace level
 
       def micro_grads(mb, i):
-        return grads_of(nnx.merge(model_def, model_state), mb, jax.random.fold_in(rng, i))
+        return grads_of(nnx.merge(model_def, model_state), mb, jax.random.fold_in(rng, i),
+                        teacher_state)
 
       first = micro_grads(jax.tree.map(lambda x: x[0], micro), 0)
 
@@ -71,6 +95,7 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1):
 def make_eval_step(graphdef, task):
   def step(state, batch):
     model, _ = nnx.merge(graphdef, state)
-    out = _forward(model, batch, None, deterministic=True)
+    batch, kwargs = _prepare(task, batch, None, train=False)
+    out = _forward(model, batch, None, True, kwargs)
     return task.eval_outputs(out, batch)
   return jax.jit(step)

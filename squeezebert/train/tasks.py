@@ -20,6 +20,7 @@ from absl import logging
 from squeezebert import metrics as metrics_lib
 from squeezebert.data import batching, glue
 from squeezebert.data import tokenizer as tokenization
+from squeezebert.train.task_pretrain import PretrainTask
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -101,6 +102,7 @@ class GlueTask:
 
 
 TASKS = {name: GlueTask for name in glue.TASKS}
+TASKS["pretrain"] = PretrainTask
 
 
 def get_task(config):

@@ -176,7 +176,17 @@ def _train(config, workdir, task, model, ckpts, mesh) -> dict:
     with open(final_path) as f:
       return json.load(f)
 
-  train_step = steps_lib.make_train_step(graphdef, task, lr, config.grad_accum_steps)
+  teacher, teacher_state, dcfg = None, None, None
+  if config.distill.teacher:
+    from squeezebert.train import distill  # noqa: PLC0415
+    dcfg = distill.DistillConfig(alpha=config.distill.alpha,
+                                 temperature=config.distill.temperature,
+                                 hidden_weight=config.distill.hidden_weight)
+    teacher = distill.Teacher(config.distill.teacher, task.head, task.num_labels, model.config,
+                              config.dtype, dcfg.hidden_weight)
+    teacher_state = jax.device_put(teacher.state, mesh.replicated)
+  train_step = steps_lib.make_train_step(graphdef, task, lr, config.grad_accum_steps,
+                                         teacher=teacher, distill_cfg=dcfg)
   eval_step = steps_lib.make_eval_step(graphdef, task)
   base_rng = jax.random.key(config.seed)
   logger = MetricLogger(workdir, is_main=jax.process_index() == 0)
@@ -206,7 +216,7 @@ def _train(config, workdir, task, model, ckpts, mesh) -> dict:
                                     bucket_boundaries=buckets, drop_remainder=True):
         if step >= total:
           break
-        state, metrics = train_step(state, mesh.put_batch(batch), base_rng, step)
+        state, metrics = train_step(state, mesh.put_batch(batch), base_rng, step, teacher_state)
         if pending is not None:  # fetch step n-1 while step n runs
           consume(*pending)
         step += 1

@@ -1,0 +1,131 @@
+"""Pretraining task: masked LM + sentence-order prediction (SOP) for the one trainer.
+
+Hooks the trainer's step uses besides the common task API (see tasks.py):
+  prepare(batch, rng, train) -> batch   masks tokens inside the jitted step; eval batches get
+                                        masks from a fixed key and the batch's example ids, so
+                                        eval perplexity is the same at every evaluation.
+  model_kwargs(batch) -> dict           masked_positions for the MLM head.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from squeezebert.data import pretraining, text_corpus
+from squeezebert.data import tokenizer as tokenization
+from squeezebert.train import masking
+
+EVAL_MASK_SEED = 1234
+
+
+def weighted_mean(x, w):
+  return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+class PretrainTask:
+  name = "pretrain"
+  head = "pretraining"
+  num_labels = 2
+  main_metric, metric_mode = "perplexity", "min"
+  train_split = "train"
+  test_splits = ()
+
+  def __init__(self, config):
+    self.config = config
+    p = config.get("pretrain")
+    if p is None:
+      raise ValueError("task=pretrain needs a config.pretrain section (see configs/pretrain.py)")
+    if not 0.0 < p.mask_prob < 1.0:
+      raise ValueError(f"config.pretrain.mask_prob must be in (0, 1), got {p.mask_prob}")
+    if p.sop_weight < 0:
+      raise ValueError(f"config.pretrain.sop_weight must be >= 0, got {p.sop_weight}")
+    self.p = p
+    self.eval_splits = (config.data.eval_split,)
+    self._max_pred = p.max_predictions or masking.max_predictions(config.data.max_len,
+                                                                  p.mask_prob)
+
+  @functools.cached_property
+  def tokenizer(self):
+    return tokenization.load_tokenizer(self.config.data.vocab or None)
+
+  @functools.cached_property
+  def _special(self):
+    tok = self.tokenizer
+    ids = [tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")]
+    if None in ids[:4]:
+      raise ValueError("the vocab lacks [PAD]/[CLS]/[SEP]/[MASK]: not a BERT vocab")
+    # Random replacements are drawn from ordinary tokens: after the last [unusedN]/special id.
+    vocab = tok.get_vocab()
+    first_normal = 1 + max(i for t, i in vocab.items()
+                           if t.startswith("[") and t.endswith("]"))
+    return dict(mask_id=ids[3], special_ids=tuple(i for i in ids if i is not None),
+                vocab_size=tok.get_vocab_size(), random_token_min_id=first_normal)
+
+  def load(self, split: str):
+    d = self.config.data
+    limit = d.train_limit if split == self.train_split else d.eval_limit
+    docs = text_corpus.load_documents(d.corpus, split, data_dir=d.tfds_data_dir or None,
+                                      corpus_dir=d.corpus_dir, limit=limit)
+    cache_dir = d.cache_dir or os.path.join(
+        d.tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+            "~/tensorflow_datasets"), "squeezebert_cache")
+    seed = self.config.seed + (0 if split == self.train_split else 1)
+    enc = pretraining.build_sop_split(
+        docs, self.tokenizer, d.max_len, seed, cache_dir=cache_dir,
+        cache_key=dict(corpus=d.corpus, dir=os.path.abspath(d.corpus_dir) if d.corpus_dir else "",
+                       split=split, limit=limit, vocab=self.config.data.vocab or "default"))
+    logging.info("pretrain/%s: %d sequences, %d tokens", split, len(enc), int(enc.lengths.sum()))
+    return enc
+
+  # ---- in-step hooks
+  def prepare(self, batch, rng, train: bool):
+    if not train:
+      rng = jax.random.fold_in(jax.random.key(EVAL_MASK_SEED), batch["idx"][0])
+    ids, pos, tgt, w = masking.mask_tokens(
+        rng, batch["input_ids"], batch["attention_mask"], batch.get("word_start"),
+        mask_prob=self.p.mask_prob, whole_word=self.p.whole_word,
+        max_predictions_per_seq=self._max_pred, **self._special)
+    w = w * batch["example_weight"][:, None]
+    return dict(batch, input_ids=ids, masked_positions=pos, mlm_targets=tgt, mlm_weights=w)
+
+  def model_kwargs(self, batch):
+    return {"masked_positions": batch["masked_positions"]}
+
+  def _per_example(self, out, batch):
+    logits = out.logits.astype(jnp.float32)
+    tgt, w = batch["mlm_targets"], batch["mlm_weights"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tgt)
+    correct = (jnp.argmax(logits, -1) == tgt).astype(jnp.float32)
+    sop = out.sop_logits.astype(jnp.float32)
+    sop_ce = optax.softmax_cross_entropy_with_integer_labels(sop, batch["labels"])
+    sop_ok = (jnp.argmax(sop, -1) == batch["labels"]).astype(jnp.float32)
+    return ce, correct, w, sop_ce, sop_ok
+
+  def loss(self, out, batch):
+    ce, correct, w, sop_ce, sop_ok = self._per_example(out, batch)
+    ew = batch["example_weight"]
+    mlm = weighted_mean(ce, w)
+    sop = weighted_mean(sop_ce, ew)
+    total = mlm + self.p.sop_weight * sop
+    return total, {"mlm_loss": mlm, "mlm_accuracy": weighted_mean(correct, w),
+                   "sop_loss": sop, "sop_accuracy": weighted_mean(sop_ok, ew)}
+
+  def eval_outputs(self, out, batch):
+    ce, correct, w, _, sop_ok = self._per_example(out, batch)
+    return {"mlm_loss_sum": jnp.sum(ce * w, 1), "mlm_correct": jnp.sum(correct * w, 1),
+            "mlm_count": jnp.sum(w, 1), "sop_correct": sop_ok, "weight": batch["example_weight"]}
+
+  def metrics(self, c: dict) -> dict:
+    n = max(float(c["mlm_count"].sum()), 1.0)
+    loss = float(c["mlm_loss_sum"].sum()) / n
+    wsum = max(float(c["weight"].sum()), 1.0)
+    return {"mlm_loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
+            "mlm_accuracy": float(c["mlm_correct"].sum()) / n,
+            "sop_accuracy": float((c["sop_correct"] * c["weight"]).sum()) / wsum}
