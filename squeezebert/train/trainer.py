@@ -59,6 +59,13 @@ def _validate(config):
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
   if config.get("step_delay_secs", 0.0) < 0:
     raise ValueError(f"config.step_delay_secs must be >= 0, got {config.step_delay_secs}")
+  if config.distill.teacher:
+    from squeezebert.train import distill  # noqa: PLC0415
+    distill.DistillConfig(alpha=config.distill.alpha, temperature=config.distill.temperature,
+                          hidden_weight=config.distill.hidden_weight)  # raises on bad values
+    if not os.path.isdir(config.distill.teacher):
+      raise FileNotFoundError(f"config.distill.teacher={config.distill.teacher!r} is not a "
+                              "directory (an HF dir, one of our model dirs or a workdir)")
   if config.data.source not in ("auto", "tfds", "tsv"):
     raise ValueError(f"config.data.source must be auto|tfds|tsv, got {config.data.source!r}")
 

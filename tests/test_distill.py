@@ -1,0 +1,109 @@
+"""Distillation: the loss against hand-computed values, layer mapping, and end-to-end runlocal
+runs with a frozen teacher inside the jitted step."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from squeezebert import convert
+from squeezebert.model import SqueezeBert, get_config
+from squeezebert.model.model import ModelOutput
+from squeezebert.train import distill, trainer
+
+from test_train import compile_cache, needs_tfds, read_jsonl, runlocal  # noqa: F401
+
+
+def _np_kd(s, t, temp):
+  def log_softmax(x):
+    x = x / temp
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+  ls, lt = log_softmax(s), log_softmax(t)
+  return temp ** 2 * (np.exp(lt) * (lt - ls)).sum(-1)
+
+
+def test_kd_loss_matches_hand_computed():
+  s = np.array([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0]], np.float32)
+  t = np.array([[1.0, 0.0, 3.0], [5.0, -2.0, 1.0]], np.float32)
+  got = np.asarray(distill.soft_cross_entropy_kl(jnp.asarray(s), jnp.asarray(t), 2.0))
+  np.testing.assert_allclose(got, _np_kd(s, t, 2.0), rtol=1e-5)
+  # A concrete value worked by hand: T=1, student uniform over 2, teacher (0.75, 0.25):
+  # KL = 0.75 ln(1.5) + 0.25 ln(0.5) = 0.130812.
+  v = distill.soft_cross_entropy_kl(jnp.zeros((1, 2)), jnp.log(jnp.array([[0.75, 0.25]])), 1.0)
+  assert float(v[0]) == pytest.approx(0.75 * np.log(1.5) + 0.25 * np.log(0.5), abs=1e-6)
+  assert float(distill.soft_cross_entropy_kl(jnp.asarray(t), jnp.asarray(t), 3.0).max()) < 1e-6
+
+  cfg = distill.DistillConfig(alpha=0.3, temperature=2.0)
+  w = np.array([1.0, 0.0], np.float32)  # the second row is padding: ignored
+  out_s = ModelOutput(last_hidden_state=None, pooler_output=None, logits=jnp.asarray(s))
+  out_t = ModelOutput(last_hidden_state=None, pooler_output=None, logits=jnp.asarray(t))
+  terms = distill.distill_terms(cfg, "classification", out_s, out_t, {"example_weight": w})
+  assert float(terms["kd_loss"]) == pytest.approx(_np_kd(s, t, 2.0)[0], rel=1e-5)
+  total = distill.combine(cfg, jnp.float32(0.9), terms)
+  assert float(total) == pytest.approx(0.7 * 0.9 + 0.3 * _np_kd(s, t, 2.0)[0], rel=1e-5)
+  reg = distill.distill_terms(cfg, "regression", out_s, out_t, {"example_weight": w})
+  assert float(reg["kd_loss"]) == pytest.approx((2.0 - 1.0) ** 2)
+
+
+def test_hidden_transfer_and_layer_map():
+  assert distill.layer_map(2, 4) == [0, 2, 4]
+  assert distill.layer_map(3, 6) == [0, 2, 4, 6]
+  assert distill.layer_map(4, 4) == [0, 1, 2, 3, 4]
+  cfg = distill.DistillConfig(alpha=0.5, hidden_weight=1.0)
+  h = [jnp.ones((1, 3, 4)) * i for i in range(5)]  # teacher: 4 layers
+  hs = [jnp.ones((1, 3, 4)) * i for i in (0, 2, 4)]  # student 2 layers = teacher 0, 2, 4
+  logits = jnp.zeros((1, 2))
+  mk = lambda hid: ModelOutput(None, None, logits=logits, hidden_states=tuple(hid))
+  batch = {"example_weight": jnp.ones(1), "attention_mask": jnp.array([[1, 1, 0]])}
+  assert float(distill.distill_terms(cfg, "classification", mk(hs), mk(h), batch)
+               ["hidden_loss"]) == 0.0
+  hs[1] = hs[1] + 1.0  # off by one on the real tokens -> MSE 1 on one of three mapped states
+  assert float(distill.distill_terms(cfg, "classification", mk(hs), mk(h), batch)
+               ["hidden_loss"]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(alpha=1.5), "alpha"), (dict(temperature=0.0),
+                                                                    "temperature")])
+def test_bad_distill_config(kw, match):
+  with pytest.raises(ValueError, match=match):
+    distill.DistillConfig(**kw)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  """A tiny classification model (random weights) saved as one of our model dirs."""
+  d = tmp_path_factory.mktemp("teacher")
+  cfg = get_config("tiny", vocab_size=30522, num_hidden_layers=3)
+  model = SqueezeBert(cfg, head="classification", num_labels=2, rngs=nnx.Rngs(params=7))
+  convert.save_pretrained(model, str(d))
+  return d
+
+
+@needs_tfds
+def test_distillation_end_to_end(teacher_dir, tmp_path):
+  before = convert.flat_params(convert.from_pretrained(str(teacher_dir)))
+  cfg = runlocal(distill__teacher=str(teacher_dir), distill__alpha=0.7,
+                 distill__hidden_weight=0.5)
+  result = trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert np.isfinite(result["accuracy"])
+  rows = [r for r in read_jsonl(tmp_path / "w" / "metrics.jsonl") if r["split"] == "train"]
+  for r in rows:
+    total = 0.3 * r["task_loss"] + 0.7 * r["kd_loss"] + 0.5 * r["hidden_loss"]
+    assert r["loss"] == pytest.approx(total, rel=1e-4)
+    assert r["kd_loss"] > 0
+  after = convert.flat_params(convert.from_pretrained(str(teacher_dir)))
+  for k in before:  # the teacher is frozen (and its file untouched)
+    np.testing.assert_array_equal(before[k], after[k])
+
+
+@needs_tfds
+def test_teacher_head_must_match(teacher_dir, tmp_path):
+  cfg = runlocal(task="stsb", distill__teacher=str(teacher_dir))
+  with pytest.raises(ValueError, match="fine-tune the teacher"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  cfg = runlocal(distill__teacher=str(tmp_path / "missing"))
+  with pytest.raises(FileNotFoundError, match="distill.teacher"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "w2"))
