@@ -20,6 +20,7 @@ from absl import logging
 from squeezebert import metrics as metrics_lib
 from squeezebert.data import batching, glue
 from squeezebert.data import tokenizer as tokenization
+from squeezebert.train import task_ner, task_qa
 from squeezebert.train.task_pretrain import PretrainTask
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -102,6 +103,9 @@ class GlueTask:
 
 
 TASKS = {name: GlueTask for name in glue.TASKS}
+# Token classification and extractive QA (task_ner.py, task_qa.py).
+TASKS["conll2003"] = task_ner.NerTask
+TASKS["squad"] = task_qa.QaTask
 TASKS["pretrain"] = PretrainTask
 
 
