@@ -4,6 +4,11 @@
         [--dtype bf16] [--param_dtype f32] [--json out.json] [--warmup 2 --iters 5] \
         [--layers N] [--head base]
     python -m squeezebert.bench --compare --batch 32 --seq 128 --json cmp.json
+    python -m squeezebert.bench --variant squeezebert-base --quant int8 --batch 32 --seq 128
+
+`--quant int8` times fp32, bf16 (bf16 params) and the int8 model (squeezebert.quant.to_int8 of
+the same weights: int8 kernels and embedding tables, int8 x int8 -> int32 matmuls with dynamic
+per-token activation scales) one after another, and reports each one's model.safetensors size.
 
 What is timed: `jax.jit` of `nnx.merge(graphdef, state)(ids, mask, types, deterministic=True)`
 with the graphdef static (closed over) and the whole nnx state passed as arguments (so the
@@ -213,18 +218,47 @@ def environment() -> dict:
               xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
+QUANT = {"none": None, "int8": dict(weight_bits=8, act_bits=8),
+         "w4a8": dict(weight_bits=4, act_bits=8), "w8": dict(weight_bits=8, act_bits=0)}
+
+
+def quant_config(quant: str | None):
+  """--quant name -> squeezebert.quant.QuantConfig (None for 'none'): int8 = w8a8 with dynamic
+  per-token activations on every matmul module, int8 embedding tables."""
+  if quant in (None, "none"):
+    return None
+  if quant not in QUANT:
+    raise ValueError(f"quant must be one of {sorted(QUANT)}, got {quant!r}")
+  from squeezebert.quant import QuantConfig  # noqa: PLC0415
+  return QuantConfig(mode="int8", **QUANT[quant])
+
+
+def int8_state(graphdef, state, qcfg):
+  """(graphdef, state) of the int8 model converted from a float (graphdef, state)."""
+  from squeezebert import quant  # noqa: PLC0415
+  return nnx.split(quant.to_int8(nnx.merge(graphdef, state), qcfg))
+
+
 def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int = 128,
                   dtype: str = "float32", *, param_dtype: str | None = None,
                   layers: int | None = None, head: str = "base", warmup: int = 2,
-                  iters: int = 5, seed: int = 0, init: str = "fast") -> dict:
-  """Build, compile and time one model; returns a JSON-able dict."""
+                  iters: int = 5, seed: int = 0, init: str = "fast",
+                  quant: str | None = None) -> dict:
+  """Build, compile and time one model; returns a JSON-able dict. quant='int8' (or 'w4a8',
+  'w8'): the int8 model converted from the float one (float32 activations between matmuls)."""
   if warmup < 0 or iters < 1:
     raise ValueError(f"need warmup >= 0 and iters >= 1, got {warmup}, {iters}")
+  qcfg = quant_config(quant)
   cfg = make_config(variant, dtype, param_dtype, layers)
+  if qcfg is not None and (cfg.dtype, cfg.param_dtype) != ("float32", "float32"):
+    raise ValueError(f"--quant {quant} converts a float32 model (int8 weights, float32 scales); "
+                     f"got dtype {cfg.dtype}/{cfg.param_dtype}")
   if seq > cfg.max_position_embeddings:
     raise ValueError(f"seq {seq} > max_position_embeddings {cfg.max_position_embeddings}")
   env = environment()
   graphdef, state, n_params = model_state(cfg, head, seed, init)
+  if qcfg is not None:
+    graphdef, state = int8_state(graphdef, state, qcfg)
   forward = make_forward(graphdef)
   args = (state, *make_inputs(cfg, batch, seq, seed))
 
@@ -242,6 +276,7 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
   batch_flops = fl["total"] * batch
   res = dict(
       variant=variant, head=head, batch=batch, seq=seq,
+      quant=qcfg.tag if qcfg is not None else None,
       dtype=cfg.to_dict()["dtype"], param_dtype=cfg.to_dict()["param_dtype"],
       num_layers=cfg.num_hidden_layers, params=int(n_params), init=init,
       flops_analytic=dict(per_seq=fl["total"], per_batch=batch_flops,
@@ -281,12 +316,64 @@ def compare(batch: int = 32, seq: int = 128, dtype: str = "float32",
                            ms_per_seq_ok=a["ms_per_seq"] <= TARGET_MS_PER_SEQ))
 
 
+def saved_sizes(variant: str, head: str = "base", layers: int | None = None, seed: int = 0,
+                init: str = "fast", quant: str = "int8") -> dict:
+  """Bytes on disk (model.safetensors) of the fp32, bf16 and quantized model directories:
+  save_pretrained of the float model in float32 and in bfloat16, save_int8 of the int8 one."""
+  import tempfile  # noqa: PLC0415
+  from squeezebert import quant as quant_lib  # noqa: PLC0415
+  from squeezebert.convert import save_pretrained  # noqa: PLC0415
+  qcfg = quant_config(quant)
+  cfg = make_config(variant, "float32", None, layers)
+  graphdef, state, _ = model_state(cfg, head, seed, init)
+  out = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    out["float32"] = quant_lib.dir_bytes(save_pretrained(nnx.merge(graphdef, state),
+                                                         os.path.join(tmp, "fp32")))
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), state)
+    out["bfloat16"] = quant_lib.dir_bytes(save_pretrained(nnx.merge(graphdef, bf16),
+                                                          os.path.join(tmp, "bf16")))
+    int8 = quant_lib.to_int8(nnx.merge(graphdef, state), qcfg)
+    out[qcfg.tag] = quant_lib.dir_bytes(quant_lib.save_int8(int8, os.path.join(tmp, "int8"),
+                                                            qcfg))
+  return out
+
+
+def compare_quant(variant: str = "squeezebert-base", batch: int = 32, seq: int = 128,
+                  quant: str = "int8", **kw) -> dict:
+  """fp32, bf16 (bf16 params) and the quantized model of one variant, back to back on this
+  machine: latency (as run_benchmark) and on-disk size."""
+  qcfg = quant_config(quant)
+  results = {"float32": run_benchmark(variant, batch, seq, "float32", **kw),
+             "bfloat16": run_benchmark(variant, batch, seq, "bfloat16", **kw),
+             qcfg.tag: run_benchmark(variant, batch, seq, "float32", quant=quant, **kw)}
+  size_kw = {k: kw[k] for k in ("head", "layers", "seed", "init") if k in kw}
+  sizes = saved_sizes(variant, quant=quant, **size_kw)
+  base_lat = results["float32"]["latency_s"]["median"]
+  table = {name: dict(latency_ms=1e3 * r["latency_s"]["median"], ms_per_seq=r["ms_per_seq"],
+                      speedup_vs_fp32=base_lat / r["latency_s"]["median"],
+                      disk_bytes=sizes[name], size_vs_fp32=sizes[name] / sizes["float32"])
+           for name, r in results.items()}
+  return dict(results=results, table=table, quant=qcfg.tag)
+
+
+def quant_table(out: dict) -> str:
+  lines = [f"{'model':<10} {'latency ms':>11} {'ms/seq':>8} {'vs fp32':>8} {'disk MB':>9} "
+           f"{'size/fp32':>9}"]
+  for name, t in out["table"].items():
+    lines.append(f"{name:<10} {t['latency_ms']:>11.1f} {t['ms_per_seq']:>8.2f} "
+                 f"{t['speedup_vs_fp32']:>7.2f}x {t['disk_bytes'] / 1e6:>9.2f} "
+                 f"{t['size_vs_fp32']:>9.3f}")
+  return "\n".join(lines)
+
+
 def summary(r: dict) -> str:
   lat = r["latency_s"]
   xf = r["flops_xla"]["per_seq"]
   mem = r["memory"]
+  q = f" quant {r['quant']}" if r.get("quant") else ""
   return (f"{r['variant']} [{r['head']}] {r['backend']}:{r['device_kind']} jax {r['jax_version']} "
-          f"{r['dtype']}/{r['param_dtype']} batch {r['batch']} seq {r['seq']} "
+          f"{r['dtype']}/{r['param_dtype']}{q} batch {r['batch']} seq {r['seq']} "
           f"layers {r['num_layers']}\n"
           f"  params {r['params']:,}  analytic {r['flops_analytic']['per_seq'] / 1e9:.3f} "
           f"GFLOPs/seq ({r['flops_analytic']['per_batch'] / 1e9:.1f}/batch)"
@@ -306,7 +393,14 @@ def main(argv):
   F = flags.FLAGS
   kw = dict(param_dtype=F.param_dtype, layers=F.layers, head=F.head, warmup=F.warmup,
             iters=F.iters, seed=F.seed, init=F.init)
-  if F.compare:
+  if F.quant != "none" and F.compare:
+    raise app.UsageError("--quant and --compare are separate comparisons: give one")
+  if F.quant != "none":
+    out = compare_quant(F.variant, F.batch, F.seq, F.quant, **kw)
+    for r in out["results"].values():
+      print(summary(r))
+    print(quant_table(out))
+  elif F.compare:
     out = compare(F.batch, F.seq, F.dtype, **kw)
     for r in out["results"].values():
       print(summary(r))
@@ -340,6 +434,9 @@ def _define_flags():
   flags.DEFINE_enum("init", "fast", ["fast", "model"],
                     "weights: numpy random (fast) or the model's own initializers (slow)")
   flags.DEFINE_bool("compare", False, "run squeezebert-base and bert-base; report the ratio")
+  flags.DEFINE_enum("quant", "none", sorted(QUANT),
+                    "int8 (w8a8) | w4a8 | w8: fp32, bf16 and this quantized model of --variant "
+                    "side by side (latency and size on disk)")
   flags.DEFINE_string("json", None, "write the result dict here")
 
 

@@ -90,6 +90,17 @@ def base_train_config() -> ml_collections.ConfigDict:
       temperature=2.0,
       hidden_weight=0.0,          # >0: + weight * MSE of mapped hidden states (equal widths)
   ))
+  # Quantization (squeezebert/quant): QAT is a switch of this trainer; PTQ / int8 conversion
+  # of a finished workdir: python -m squeezebert.quant --workdir RUN --mode ptq|int8 --out DIR.
+  c.quant = ml_collections.ConfigDict(dict(
+      mode="none",                # none | qat (qwix QtProvider, straight-through gradients)
+      weight_bits=8,              # 8 | 4: symmetric, per output channel
+      act_bits=8,                 # 8 | 16 (simulated, hand-written fake-quant) | 0 (weights only)
+      act_mode="dynamic",         # dynamic (per token, every call) | static (averaged ranges)
+      # comma-separated: qkv, attention_matmuls, post_attention, ffn, pooler, head, embeddings
+      modules="qkv,attention_matmuls,post_attention,ffn,pooler,head",
+      calib_batches=32,           # PTQ with static ranges: training batches to calibrate on
+  ))
   # Bookkeeping.
   c.log_every_steps = 50
   c.eval_every_steps = 0          # 0 -> once per epoch

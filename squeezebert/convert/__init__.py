@@ -283,9 +283,17 @@ def load_params_into(model: SqueezeBert, flat: dict[str, np.ndarray], source: st
 
 def from_pretrained(path: str, head: str | None = None, num_labels: int | None = None,
                     seed: int = 0, **config_overrides) -> SqueezeBert:
-  """Load an HF directory, one of our model directories, or a training workdir."""
+  """Load an HF directory, one of our model directories (float or int8), or a training
+  workdir."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f"from_pretrained: {path!r} is not a directory")
+  from squeezebert.quant.core import INT8_CONFIG  # noqa: PLC0415
+  if os.path.exists(os.path.join(path, INT8_CONFIG)):  # an int8 model (squeezebert.quant)
+    if config_overrides:
+      raise ValueError(f"{path} is an int8 model: config overrides {sorted(config_overrides)} "
+                       "cannot apply")
+    from squeezebert.quant import load_int8  # noqa: PLC0415
+    return load_int8(path, head=head, num_labels=num_labels)
   if os.path.exists(os.path.join(path, OURS_CONFIG)):
     return load_ours(path, head, num_labels, seed, **config_overrides)
   if os.path.exists(os.path.join(path, "config.json")):

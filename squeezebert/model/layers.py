@@ -54,12 +54,21 @@ class GroupedProjection(nnx.Module):
     [G, ..., Cout/G] with group_major_out (G > 1 only). Chaining two projections with equal
     groups group-major skips the transposes of the big FFN intermediate in between."""
     g = self.groups
-    kernel = self.kernel[...].astype(self.dtype)
+    # The kernel goes into the einsum as the Param's own array (cast only when the dtypes
+    # differ, never sliced): qwix finds its weight operand by identity with the module's
+    # Param (eagerly, e.g. in quantize_model's first call) or by tracing a unary chain back
+    # to it, and PTQ swaps the Param for an int8 array that cannot be sliced or cast.
+    kernel = self.kernel[...]
+    if kernel.dtype != self.dtype:
+      kernel = kernel.astype(self.dtype)
     x = x.astype(self.dtype)
     if g == 1:
       if group_major_in or group_major_out:
         raise ValueError("group-major layout needs groups > 1")
-      return jnp.einsum("...i,io->...o", x, kernel[0]) + self.bias[...].astype(self.dtype)
+      # The size-1 group axis of the kernel is a free output axis: the same dot (and the
+      # same compiled HLO) as '...i,io->...o' with kernel[0].
+      y = jnp.einsum("...i,gio->...go", x, kernel)
+      return y.reshape(*y.shape[:-2], self.cout) + self.bias[...].astype(self.dtype)
     # Group-major batched matmul: same math as '...gi,gio->...go', which XLA:CPU runs as
     # a transposed kernel @ x^T dot on its slow generic path; [G, ..., I] x [G, I, O]
     # hits the fast GEMM (~1.3x whole model on CPU, see squeezebert/bench.py). x keeps
@@ -119,14 +128,27 @@ class Embeddings(nnx.Module):
     self.layer_norm = layer_norm(cfg.embedding_size, cfg.layer_norm_eps, cfg, rngs)
     self.dropout = Dropout(cfg.hidden_dropout_prob)
     self.dtype = resolve_dtype(cfg.dtype)
+    # > 0: fake-quantize the output per token to this many bits (squeezebert.quant sets it).
+    self.output_quant_bits = 0
 
   def __call__(self, ids_BxL, type_ids_BxL, *, deterministic, rngs):
     seq_len = ids_BxL.shape[-1]
-    x_BxLxD = (jnp.take(self.word_embeddings[...], ids_BxL, axis=0)
+    x_BxLxD = (embedding_rows(self.word_embeddings, ids_BxL)
                + self.position_embeddings[...][:seq_len][None]
-               + jnp.take(self.token_type_embeddings[...], type_ids_BxL, axis=0))
+               + embedding_rows(self.token_type_embeddings, type_ids_BxL))
     x_BxLxD = self.layer_norm(x_BxLxD.astype(jnp.float32))
+    if self.output_quant_bits:
+      from squeezebert.quant.fake import fake_quant  # noqa: PLC0415 (quantization is optional)
+      x_BxLxD = fake_quant(x_BxLxD, self.output_quant_bits, axes=(-1,))
     return self.dropout(x_BxLxD.astype(self.dtype), deterministic=deterministic, rngs=rngs)
+
+
+def embedding_rows(table, ids):
+  """Rows `ids` of an embedding table: an nnx.Param, or a table object with its own
+  `lookup_rows` (the int8 model's quantized tables, squeezebert.quant)."""
+  if hasattr(table, "lookup_rows"):
+    return table.lookup_rows(ids)
+  return jnp.take(table[...], ids, axis=0)
 
 
 class AttentionCore(nnx.Module):

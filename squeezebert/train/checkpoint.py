@@ -17,6 +17,7 @@ from flax import nnx
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 RUN_FILE = "run.json"
+TRAIN_CONFIG = "train_config.json"
 
 
 def ckpt_dir(workdir: str) -> str:
@@ -33,7 +34,7 @@ def write_run_file(workdir: str, run: dict) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    keys = ("model", "head", "num_labels", "task")
+    keys = ("model", "head", "num_labels", "task", "quant")
     diff = [k for k in keys if old.get(k) != run.get(k)]
     if diff:
       raise ValueError(
@@ -46,6 +47,26 @@ def write_run_file(workdir: str, run: dict) -> None:
   with open(tmp, "w") as f:
     json.dump(run, f, indent=2)
   os.replace(tmp, path)
+
+
+def write_train_config(workdir: str, config) -> None:
+  """The full config of the latest run in this workdir (TRAIN_CONFIG; not config.json, which
+  would make the workdir look like an HF checkpoint): tools such as squeezebert.quant rebuild
+  the task and its eval data from it."""
+  path = os.path.join(workdir, TRAIN_CONFIG)
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + ".tmp", path)
+
+
+def read_train_config(workdir: str):
+  import ml_collections  # noqa: PLC0415
+  path = os.path.join(workdir, TRAIN_CONFIG)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found (workdirs written before it existed): pass the "
+                            "run's config explicitly")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def read_run_file(workdir: str) -> dict:
@@ -117,8 +138,16 @@ def load_model_from_workdir(workdir: str, head: str | None = None,
   cfg = ModelConfig(**{**run["model"], **config_overrides})
   saved = SqueezeBert(cfg, head=run["head"], num_labels=run["num_labels"],
                       rngs=nnx.Rngs(params=seed))
+  if run.get("quant"):  # a QAT run: its checkpoints may hold activation ranges too
+    from squeezebert import quant  # noqa: PLC0415
+    saved = quant.quantize_for_training(saved, quant.QuantConfig.from_dict(run["quant"]))
   model_state, _, _ = ck.restore(step, nnx.state(saved))
   nnx.update(saved, model_state)
+  if run.get("quant"):  # the float model with the QAT run's parameters
+    model = SqueezeBert(cfg, head=run["head"], num_labels=run["num_labels"],
+                        rngs=nnx.Rngs(params=seed))
+    load_params_into(model, flat_params(saved), source=workdir)
+    saved = model
   if (head or run["head"]) == run["head"] and (num_labels or run["num_labels"]) == run["num_labels"]:
     return saved
   # A different head: copy the encoder, leave the new head fresh.

@@ -68,17 +68,40 @@ def _validate(config):
                               "directory (an HF dir, one of our model dirs or a workdir)")
   if config.data.source not in ("auto", "tfds", "tsv"):
     raise ValueError(f"config.data.source must be auto|tfds|tsv, got {config.data.source!r}")
+  qcfg = quant_config(config)  # raises on bad values
+  if qcfg.mode not in ("none", "qat"):
+    raise ValueError(f"config.quant.mode must be none|qat in the trainer, got {qcfg.mode!r}; "
+                     "post-training quantization: python -m squeezebert.quant --workdir RUN "
+                     "--mode ptq|int8 --out DIR")
+  if qcfg.enabled and qcfg.static and config.grad_accum_steps > 1:
+    raise ValueError("config.quant.act_mode=static updates its activation ranges in the "
+                     "forward pass, which gradient accumulation (grad_accum_steps > 1) drops; "
+                     "use act_mode=dynamic or grad_accum_steps=1")
+
+
+def quant_config(config):
+  """config.quant as a validated squeezebert.quant.QuantConfig (mode none if absent)."""
+  from squeezebert.quant.config import QuantConfig  # noqa: PLC0415
+  return QuantConfig.from_dict(config.quant) if "quant" in config else QuantConfig()
 
 
 def build_model(config, task) -> SqueezeBert:
+  """The float model; with config.quant.mode=qat its QAT version (same parameters)."""
   overrides = dict(common.model_overrides(config.model), dtype=config.dtype)
   if config.init_from:
     logging.info("initialising from %s", config.init_from)
-    return convert.from_pretrained(config.init_from, head=task.head, num_labels=task.num_labels,
-                                   seed=config.seed, **overrides)
-  cfg = get_config(config.model.variant, **overrides)
-  return SqueezeBert(cfg, head=task.head, num_labels=task.num_labels,
-                     rngs=nnx.Rngs(params=config.seed))
+    model = convert.from_pretrained(config.init_from, head=task.head,
+                                    num_labels=task.num_labels, seed=config.seed, **overrides)
+  else:
+    cfg = get_config(config.model.variant, **overrides)
+    model = SqueezeBert(cfg, head=task.head, num_labels=task.num_labels,
+                        rngs=nnx.Rngs(params=config.seed))
+  qcfg = quant_config(config)
+  if qcfg.mode == "qat":
+    from squeezebert import quant  # noqa: PLC0415
+    logging.info("quantization-aware training: %s", qcfg.describe())
+    model = quant.quantize_for_training(model, qcfg)
+  return model
 
 
 class Mesh:
@@ -136,9 +159,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if vocab > model.config.vocab_size:
     raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is "
                      f"{model.config.vocab_size}: set config.model.vocab_size or the vocab")
-  ckpt_lib.write_run_file(workdir, dict(
-      task=task.name, model=model.config.replace(dtype="float32").to_dict(), head=task.head,
-      num_labels=task.num_labels, best_metric=task.main_metric, best_mode=task.metric_mode))
+  run = dict(task=task.name, model=model.config.replace(dtype="float32").to_dict(),
+             head=task.head, num_labels=task.num_labels, best_metric=task.main_metric,
+             best_mode=task.metric_mode)
+  qcfg = quant_config(config)
+  if qcfg.enabled:  # absent for float runs (older workdirs have no such key either)
+    run["quant"] = {k: v for k, v in qcfg.to_dict().items() if k != "calib_batches"}
+  ckpt_lib.write_run_file(workdir, run)
+  ckpt_lib.write_train_config(workdir, config)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                best_metric=task.main_metric, best_mode=task.metric_mode)
   mesh = Mesh()
