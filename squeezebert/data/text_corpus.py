@@ -7,7 +7,7 @@ joined by "\\n") from either
   * `text_corpus/<format>`: the TFDS builder below, which prepares a local directory of .txt
     files (given as TFDS's manual_dir) into a regular TFDS dataset in `data_dir`:
       - format "paragraphs": one paragraph per line, a blank line between documents
-        (e.g. the English corpus shipped as ../shared/data/corpus on the dev machines);
+        (e.g. a folder of books or documentation dumps);
       - format "wikitext": WikiText `wiki.{train,valid,test}.tokens` files, split into articles
         at their ` = Title = ` headings (WikiText-103 where downloaded, WikiText-2 here).
     A directory's files go to the train split except a deterministic 1-in-200 sample of documents
