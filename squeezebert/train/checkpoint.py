@@ -54,8 +54,13 @@ def write_train_config(workdir: str, config) -> None:
   would make the workdir look like an HF checkpoint): tools such as squeezebert.quant rebuild
   the task and its eval data from it."""
   path = os.path.join(workdir, TRAIN_CONFIG)
+  text = config.to_json_best_effort(indent=2)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:  # a rerun of the same command writes nothing
+        return
   with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+    f.write(text)
   os.replace(path + ".tmp", path)
 
 

@@ -166,7 +166,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if qcfg.enabled:  # absent for float runs (older workdirs have no such key either)
     run["quant"] = {k: v for k, v in qcfg.to_dict().items() if k != "calib_batches"}
   ckpt_lib.write_run_file(workdir, run)
-  ckpt_lib.write_train_config(workdir, config)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                best_metric=task.main_metric, best_mode=task.metric_mode)
   mesh = Mesh()
@@ -210,6 +209,8 @@ def _train(config, workdir, task, model, ckpts, mesh) -> dict:
     logging.info("workdir %s already finished (%d steps); nothing to do", workdir, step)
     with open(final_path) as f:
       return json.load(f)
+  # The config of the run that trains this workdir (eval/predict and finished reruns keep it).
+  ckpt_lib.write_train_config(workdir, config)
 
   teacher, teacher_state, dcfg = None, None, None
   if config.distill.teacher:
