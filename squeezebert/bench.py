@@ -84,7 +84,11 @@ def make_config(variant: str, dtype: str = "float32", param_dtype: str | None = 
 
 
 def analytic_flops(cfg: ModelConfig, seq: int) -> dict:
-  """Matmul FLOPs (2 per MAC) of one sequence of length `seq` through the encoder."""
+  """Matmul FLOPs (2 per MAC) of one sequence of length `seq` through the encoder.
+
+  Variants: a hybrid conv layer replaces QKV and both attention matmuls with a depthwise
+  conv (L*D*K MACs); a separable FFN adds one (L*D*K); a factorized embedding adds its
+  E -> H projection (L*E*H, counted in `encoder`). Shared layers cost the same FLOPs."""
   d, f, l = cfg.hidden_size, cfg.intermediate_size, seq
   g = cfg.groups
   mac = dict(
@@ -95,9 +99,16 @@ def analytic_flops(cfg: ModelConfig, seq: int) -> dict:
       attention_scores=l * l * d,   # QK^T over all heads
       attention_context=l * l * d,  # AV over all heads
   )
+  if cfg.separable_kernel:
+    mac["ffn_depthwise"] = l * d * cfg.separable_kernel
   per_layer = {k: 2 * v for k, v in mac.items()}
   layer_total = sum(per_layer.values())
-  encoder = cfg.num_hidden_layers * layer_total
+  conv_layer_total = (layer_total - per_layer["qkv"] - per_layer["attention_scores"]
+                      - per_layer["attention_context"] + 2 * l * d * cfg.conv_kernel)
+  n_conv = len(cfg.conv_layers)
+  encoder = (cfg.num_hidden_layers - n_conv) * layer_total + n_conv * conv_layer_total
+  if cfg.embedding_size != cfg.hidden_size:
+    encoder += 2 * l * cfg.embedding_size * d
   pooler = 2 * d * d
   return dict(per_layer=per_layer, layer_total=layer_total, encoder=encoder, pooler=pooler,
               total=encoder + pooler, embeddings="excluded (gathers, no matmul)",
@@ -243,13 +254,14 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
                   dtype: str = "float32", *, param_dtype: str | None = None,
                   layers: int | None = None, head: str = "base", warmup: int = 2,
                   iters: int = 5, seed: int = 0, init: str = "fast",
-                  quant: str | None = None) -> dict:
+                  quant: str | None = None, cfg: ModelConfig | None = None) -> dict:
   """Build, compile and time one model; returns a JSON-able dict. quant='int8' (or 'w4a8',
   'w8'): the int8 model converted from the float one (float32 activations between matmuls)."""
   if warmup < 0 or iters < 1:
     raise ValueError(f"need warmup >= 0 and iters >= 1, got {warmup}, {iters}")
   qcfg = quant_config(quant)
-  cfg = make_config(variant, dtype, param_dtype, layers)
+  if cfg is None:  # else: an explicit ModelConfig (experiments/ bench their variants with it)
+    cfg = make_config(variant, dtype, param_dtype, layers)
   if qcfg is not None and (cfg.dtype, cfg.param_dtype) != ("float32", "float32"):
     raise ValueError(f"--quant {quant} converts a float32 model (int8 weights, float32 scales); "
                      f"got dtype {cfg.dtype}/{cfg.param_dtype}")

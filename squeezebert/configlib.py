@@ -13,6 +13,9 @@ MODEL_INT_FIELDS = ("vocab_size", "num_hidden_layers", "hidden_size", "embedding
                     "post_attention_groups", "intermediate_groups", "output_groups",
                     "max_position_embeddings")
 MODEL_FLOAT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+# Variant switches (ModelConfig docs): ALBERT-like sharing, separable FFN, hybrid conv layers.
+MODEL_VARIANT_FIELDS = dict(share_layers=bool, separable_kernel=int, conv_kernel=int,
+                            conv_layers=str)  # conv_layers as "1,3"
 
 
 def _cast(value: str, default):
@@ -55,7 +58,11 @@ def base_train_config() -> ml_collections.ConfigDict:
     c.model[name] = config_dict.placeholder(int)
   for name in MODEL_FLOAT_FIELDS:
     c.model[name] = config_dict.placeholder(float)
+  for name, typ in MODEL_VARIANT_FIELDS.items():
+    c.model[name] = config_dict.placeholder(typ)
   c.init_from = ""                # "" (scratch) | HF dir | our model dir | a training workdir
+  c.init_layers = ""              # with init_from and model.num_hidden_layers = n: take n of its
+                                  #   layers: first_k | every_other (DistilBERT) | "0,2,4"
   c.dtype = "float32"             # compute dtype: float32 | bfloat16 (params stay float32)
   # Data.
   c.data = ml_collections.ConfigDict(dict(
@@ -115,5 +122,5 @@ def base_train_config() -> ml_collections.ConfigDict:
 
 def model_overrides(model_cfg) -> dict:
   """The ModelConfig fields set in config.model (None placeholders dropped)."""
-  names = MODEL_INT_FIELDS + MODEL_FLOAT_FIELDS
+  names = MODEL_INT_FIELDS + MODEL_FLOAT_FIELDS + tuple(MODEL_VARIANT_FIELDS)
   return {k: model_cfg[k] for k in names if k in model_cfg and model_cfg[k] is not None}

@@ -197,6 +197,10 @@ def from_hf(path: str, head: str | None = None, num_labels: int | None = None, s
 def export_hf(model: SqueezeBert, out_dir: str, id2label: dict | None = None,
               vocab_file: str | None = None) -> str:
   cfg = model.config
+  if not cfg.is_hf_architecture:
+    raise ValueError("this model is a variant HF has no class for (factorized embeddings, "
+                     "shared layers, separable FFN or conv layers): save it with "
+                     "squeezebert.convert.save_pretrained instead")
   os.makedirs(out_dir, exist_ok=True)
   params = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   prefix = "" if model.head == "base" else names.base_prefix(cfg)

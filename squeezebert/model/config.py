@@ -47,12 +47,28 @@ class ModelConfig:
   post_attention_groups: int = 1
   intermediate_groups: int = 4
   output_groups: int = 4
+  # Variants beyond HF (experiments/variants.py); the defaults are HF's architecture.
+  share_layers: bool = False    # ALBERT-like: one Block's parameters used by every layer
+  separable_kernel: int = 0     # >0: squeeze-and-expand FFN: a depthwise conv over the
+                                #   sequence (this width, odd) before the grouped expand
+  conv_layers: tuple = ()       # hybrid: these layer indices replace self-attention with a
+  conv_kernel: int = 7          #   depthwise sequence conv of this width (odd)
   family: str = "squeezebert"  # "squeezebert" | "bert": HF naming of the weights
   dtype: Any = "float32"        # compute dtype
   param_dtype: Any = "float32"  # storage dtype of the parameters
 
   def __post_init__(self):
+    layers = self.conv_layers
+    if isinstance(layers, str):  # "1,3" from a config string
+      layers = [int(x) for x in layers.replace(" ", "").split(",") if x]
+    object.__setattr__(self, "conv_layers", tuple(int(i) for i in layers))  # hashable, JSON list
     self.validate()
+
+  @property
+  def is_hf_architecture(self) -> bool:
+    """True when HF SqueezeBERT/BERT has this exact architecture (export to HF possible)."""
+    return (self.embedding_size == self.hidden_size and not self.share_layers
+            and not self.separable_kernel and not self.conv_layers)
 
   @property
   def head_dim(self) -> int:
@@ -81,9 +97,23 @@ class ModelConfig:
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                        f"num_attention_heads {self.num_attention_heads}")
-    if self.embedding_size != self.hidden_size:
-      raise ValueError("embedding_size must equal hidden_size (as in HF SqueezeBERT/BERT); got "
-                       f"{self.embedding_size} vs {self.hidden_size}")
+    if self.embedding_size > self.hidden_size:
+      raise ValueError(f"embedding_size {self.embedding_size} > hidden_size {self.hidden_size}: "
+                       "a factorized embedding (ALBERT) is smaller than the hidden size")
+    for name in ("separable_kernel", "conv_kernel"):
+      k = getattr(self, name)
+      if not isinstance(k, int) or k < 0 or (k and k % 2 == 0):
+        raise ValueError(f"ModelConfig.{name} must be 0 (off) or an odd positive int, got {k!r}")
+    if self.conv_layers:
+      if not self.conv_kernel:
+        raise ValueError("conv_layers needs conv_kernel > 0")
+      bad = [i for i in self.conv_layers if not 0 <= i < self.num_hidden_layers]
+      if bad or len(set(self.conv_layers)) != len(self.conv_layers):
+        raise ValueError(f"ModelConfig.conv_layers {self.conv_layers}: indices must be distinct "
+                         f"and in [0, {self.num_hidden_layers})")
+      if self.share_layers:
+        raise ValueError("share_layers with conv_layers: a shared block cannot be attention in "
+                         "some layers and convolution in others")
     if self.hidden_act not in ("gelu", "gelu_new", "relu"):
       raise ValueError(f"unsupported hidden_act {self.hidden_act!r}")
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):

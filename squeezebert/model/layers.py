@@ -212,21 +212,66 @@ class ProjActivation(nnx.Module):
     return activation(self.act)(self.proj(x, group_major_out=group_major_out))
 
 
-class Block(nnx.Module):
-  """One post-LN encoder layer, exactly HF's SqueezeBertModule / BertLayer."""
+class SeqConv(nnx.Module):
+  """Depthwise convolution over the sequence: out[b, t, c] = sum_k w[k, c] x[b, t+k-K//2, c]
+  + bias[c]. Each channel mixes only with itself, only along the sequence (the token mixer
+  of hybrid layers, and the depthwise half of a depthwise-separable FFN). Padded positions
+  are zeroed first, so they never leak into real tokens (padding invariance)."""
+
+  def __init__(self, dim: int, kernel_size: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.kernel_size = kernel_size
+    self.dtype = resolve_dtype(cfg.dtype)
+    pdt = resolve_dtype(cfg.param_dtype)
+    self.kernel = nnx.Param(normal_init(cfg.initializer_range)(rngs.params(),
+                                                               (kernel_size, dim), pdt))
+    self.bias = nnx.Param(jnp.zeros((dim,), pdt))
+
+  def __call__(self, x_BxLxD, bias_Bx1x1xL):
+    keep_BxLx1 = (bias_Bx1x1xL[:, 0, 0, :] == 0)[..., None]
+    x_BxLxD = jnp.where(keep_BxLx1, x_BxLxD, 0).astype(self.dtype)
+    d = x_BxLxD.shape[-1]
+    y = jax.lax.conv_general_dilated(
+        x_BxLxD, self.kernel[...].astype(self.dtype)[:, None, :], window_strides=(1,),
+        padding="SAME", dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=d)
+    return y + self.bias[...].astype(self.dtype)
+
+
+class ConvMixer(nnx.Module):
+  """Hybrid layers' replacement for self-attention: a depthwise sequence convolution.
+  Called like SelfAttention (the block's post-attention projection + LN follow)."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.conv = SeqConv(cfg.hidden_size, cfg.conv_kernel, cfg, rngs=rngs)
+
+  def __call__(self, x_BxLxD, bias_Bx1x1xL, *, deterministic, rngs):
+    del deterministic, rngs
+    return self.conv(x_BxLxD, bias_Bx1x1xL)
+
+
+class Block(nnx.Module):
+  """One post-LN encoder layer, exactly HF's SqueezeBertModule / BertLayer by default.
+  Variants (ModelConfig): `index in cfg.conv_layers` swaps self-attention for a depthwise
+  sequence conv (hybrid); `cfg.separable_kernel` puts a depthwise sequence conv before the
+  grouped FFN expand (squeeze-and-expand / depthwise-separable)."""
+
+  def __init__(self, cfg: ModelConfig, index: int = 0, *, rngs: nnx.Rngs):
     d, f = cfg.hidden_size, cfg.intermediate_size
-    self.attention = SelfAttention(cfg, rngs=rngs)
+    if index in cfg.conv_layers:
+      self.attention = ConvMixer(cfg, rngs=rngs)
+    else:
+      self.attention = SelfAttention(cfg, rngs=rngs)
     self.post_attention = ProjDropoutNorm(d, d, cfg.post_attention_groups, cfg, rngs=rngs)
+    self.ffn_depthwise = (SeqConv(d, cfg.separable_kernel, cfg, rngs=rngs)
+                          if cfg.separable_kernel else None)
     self.intermediate = ProjActivation(d, f, cfg.intermediate_groups, cfg, rngs=rngs)
     self.output = ProjDropoutNorm(f, d, cfg.output_groups, cfg, rngs=rngs)
 
   def __call__(self, x_BxLxD, bias_Bx1x1xL, *, deterministic, rngs):
     att = self.attention(x_BxLxD, bias_Bx1x1xL, deterministic=deterministic, rngs=rngs)
     h1 = self.post_attention(att, x_BxLxD, deterministic=deterministic, rngs=rngs)
+    ffn_in = h1 if self.ffn_depthwise is None else self.ffn_depthwise(h1, bias_Bx1x1xL)
     # Equal FFN groups (SqueezeBERT: 4 and 4): keep the [B, L, 4D] intermediate group-major,
     # since output group j reads exactly intermediate group j. Same math, fewer transposes.
     gm = self.intermediate.proj.groups == self.output.proj.groups > 1
-    inter = self.intermediate(h1, group_major_out=gm)
+    inter = self.intermediate(ffn_in, group_major_out=gm)
     return self.output(inter, h1, deterministic=deterministic, rngs=rngs, group_major_in=gm)

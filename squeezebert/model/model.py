@@ -39,15 +39,24 @@ class Encoder(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.embeddings = Embeddings(cfg, rngs=rngs)
-    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    # ALBERT-like factorized embedding: [V, E] table, then an E -> H projection.
+    self.embedding_projection = (dense(cfg.embedding_size, cfg.hidden_size, cfg, rngs)
+                                 if cfg.embedding_size != cfg.hidden_size else None)
+    # share_layers: one Block (one set of arrays) applied num_hidden_layers times.
+    n_blocks = 1 if cfg.share_layers else cfg.num_hidden_layers
+    self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(n_blocks)])
+    self.num_layers = cfg.num_hidden_layers
     self.pooler = dense(cfg.hidden_size, cfg.hidden_size, cfg, rngs)
 
   def __call__(self, ids_BxL, mask_BxL, type_ids_BxL, *, deterministic, rngs,
                output_hidden_states=False):
     bias = attention_bias(mask_BxL)
     x_BxLxD = self.embeddings(ids_BxL, type_ids_BxL, deterministic=deterministic, rngs=rngs)
+    if self.embedding_projection is not None:
+      x_BxLxD = self.embedding_projection(x_BxLxD)
     hidden = [x_BxLxD]
-    for layer in self.layers:
+    for i in range(self.num_layers):
+      layer = self.layers[0 if len(self.layers) == 1 else i]
       x_BxLxD = layer(x_BxLxD, bias, deterministic=deterministic, rngs=rngs)
       hidden.append(x_BxLxD)
     pooled_BxD = jnp.tanh(self.pooler(x_BxLxD[:, 0]))
@@ -58,8 +67,9 @@ class MLMHead(nnx.Module):
   """transform (dense, GELU, LN) then logits against the tied word embeddings + own bias."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.transform_dense = dense(cfg.hidden_size, cfg.hidden_size, cfg, rngs)
-    self.transform_layer_norm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, cfg, rngs)
+    # H -> E (= H except for factorized embeddings, as ALBERT) so logits use the tied [V, E].
+    self.transform_dense = dense(cfg.hidden_size, cfg.embedding_size, cfg, rngs)
+    self.transform_layer_norm = layer_norm(cfg.embedding_size, cfg.layer_norm_eps, cfg, rngs)
     self.act = cfg.hidden_act
     self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), resolve_dtype(cfg.param_dtype)))
     self.dtype = resolve_dtype(cfg.dtype)

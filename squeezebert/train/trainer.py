@@ -88,10 +88,21 @@ def quant_config(config):
 def build_model(config, task) -> SqueezeBert:
   """The float model; with config.quant.mode=qat its QAT version (same parameters)."""
   overrides = dict(common.model_overrides(config.model), dtype=config.dtype)
+  init_layers = config.get("init_layers", "")
+  if init_layers and not config.init_from:
+    raise ValueError(f"config.init_layers={init_layers!r} needs config.init_from (the deeper "
+                     "checkpoint to take the layers from)")
   if config.init_from:
     logging.info("initialising from %s", config.init_from)
+    n_layers = overrides.pop("num_hidden_layers", None) if init_layers else None
     model = convert.from_pretrained(config.init_from, head=task.head,
                                     num_labels=task.num_labels, seed=config.seed, **overrides)
+    if init_layers:  # layer reduction: a shallower copy (DistilBERT: every other layer)
+      from squeezebert.model import surgery  # noqa: PLC0415
+      n_src = model.config.num_hidden_layers
+      idx = surgery.layer_indices(init_layers, n_src, n_layers or n_src)
+      logging.info("init_layers=%s: layers %s of %d", init_layers, idx, n_src)
+      model = surgery.select_layers(model, idx, seed=config.seed)
   else:
     cfg = get_config(config.model.variant, **overrides)
     model = SqueezeBert(cfg, head=task.head, num_labels=task.num_labels,

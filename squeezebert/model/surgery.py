@@ -1,0 +1,62 @@
+"""Model surgery for layer-reduction ablations: a shallower copy of a deeper model.
+
+DistilBERT initialises its 6-layer student from layers [0, 2, 4, 7, 9, 11] of BERT-base;
+`layer_indices("every_other", 12, 6)` returns exactly those (evenly spaced, first and last
+kept); "first_k" keeps the bottom layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from squeezebert.model.model import SqueezeBert, build_model
+
+INIT_LAYERS = ("first_k", "every_other")
+
+
+def layer_indices(spec: str, n_src: int, n_dst: int) -> list[int]:
+  """Which source layers a `n_dst`-layer copy takes: 'first_k', 'every_other' (evenly
+  spaced incl. the first and last) or an explicit comma-separated list '0,2,4'."""
+  if not 1 <= n_dst <= n_src:
+    raise ValueError(f"cannot take {n_dst} layers from a {n_src}-layer model")
+  if spec == "first_k":
+    return list(range(n_dst))
+  if spec == "every_other":
+    if n_dst == 1:
+      return [0]
+    return [int(i) for i in np.round(np.linspace(0, n_src - 1, n_dst))]
+  try:
+    idx = [int(x) for x in spec.split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"init_layers must be one of {INIT_LAYERS} or a list like '0,2,4', "
+                     f"got {spec!r}") from None
+  if len(idx) != n_dst or len(set(idx)) != n_dst or not all(0 <= i < n_src for i in idx):
+    raise ValueError(f"init_layers {idx}: need {n_dst} distinct indices in [0, {n_src})")
+  return idx
+
+
+def select_layers(model: SqueezeBert, indices: list[int], seed: int = 0) -> SqueezeBert:
+  """A new model with `len(indices)` layers: layer j is a copy of `model`'s layer
+  indices[j]; embeddings, pooler and head are copied unchanged."""
+  from squeezebert.convert import flat_params, load_params_into  # noqa: PLC0415 (cycle)
+  cfg = model.config
+  if cfg.share_layers:
+    raise ValueError("select_layers: a model with shared layers has one block; change "
+                     "num_hidden_layers instead")
+  src = flat_params(model)
+  out = build_model(cfg.replace(num_hidden_layers=len(indices),
+                                conv_layers=tuple(j for j, i in enumerate(indices)
+                                                  if i in cfg.conv_layers)),
+                    head=model.head, num_labels=model.num_labels, seed=seed)
+  flat = {}
+  for k, v in src.items():
+    parts = k.split("/")
+    if parts[:2] == ["transformer", "layers"]:
+      i = int(parts[2])
+      for j, want in enumerate(indices):
+        if want == i:
+          flat["/".join(parts[:2] + [str(j)] + parts[3:])] = v
+    else:
+      flat[k] = v
+  load_params_into(out, flat, source="select_layers", seed=seed)
+  return out
