@@ -259,6 +259,9 @@ def run_sweep(cells: list[Cell], flag_values) -> list[dict]:
     return []
   seeds = seeds_from_flag(flag_values.seeds)
   base = scale_overrides(flag_values.scale)
+  if flag_values.scale == "tiny":  # the tiny preset stands in for every cell's preset
+    for c in cells:
+      c.overrides.pop("model.variant", None)
   if flag_values.steps:
     base["num_train_steps"] = flag_values.steps
   base.update(parse_set(flag_values.set))

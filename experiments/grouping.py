@@ -20,13 +20,17 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import common  # noqa: E402
 
-flags.DEFINE_string("groups", "1,2,4,8", "group counts")
-flags.DEFINE_enum("axes", "both", ["both", "grid", "qkv", "ffn"], "grid: every (qkv, ffn) "
-                  "pair; both: the diagonal (same groups) plus one axis at a time; qkv / ffn: "
-                  "vary one, the other at --fixed")
-flags.DEFINE_integer("fixed", 1, "groups of the axis that is not varied")
-flags.DEFINE_string("variant", "squeezebert-small", "model preset (hidden/heads/FFN sizes)")
-common.define_flags()
+def define_flags():
+  """Flags of this script (defined only when it runs: tests import make_cells)."""
+  flags.DEFINE_string("groups", "1,2,4,8", "group counts")
+  flags.DEFINE_enum("axes", "both", ["both", "grid", "qkv", "ffn"], "grid: every (qkv, ffn) "
+                    "pair; both: the diagonal (same groups) plus one axis at a time; qkv / ffn: "
+                    "vary one, the other at --fixed")
+  flags.DEFINE_integer("fixed", 1, "groups of the axis that is not varied")
+  flags.DEFINE_string("variant", "squeezebert-small", "model preset (hidden/heads/FFN sizes)")
+  common.define_flags()
+
+
 FLAGS = flags.FLAGS
 
 
@@ -59,11 +63,9 @@ def main(argv):
   del argv
   cells = make_cells(common.int_list(FLAGS.groups, "groups"), FLAGS.axes, FLAGS.fixed,
                      FLAGS.variant)
-  if FLAGS.scale == "tiny":
-    for c in cells:
-      c.overrides.pop("model.variant", None)
   common.run_sweep(cells, FLAGS)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

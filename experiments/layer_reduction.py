@@ -27,16 +27,20 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import common  # noqa: E402
 
-flags.DEFINE_string("depths", "6,4,3,2", "layer counts; the largest is the full model")
-flags.DEFINE_string("inits", "every_other", "comma-separated: scratch, first_k, every_other")
-flags.DEFINE_string("distill", "0,1", "comma-separated 0/1: without / with distillation")
-flags.DEFINE_string("init_from", "", "pretrained checkpoint of the full depth (HF dir, ours, "
-                    "workdir); empty: the full model trains from scratch")
-flags.DEFINE_string("variant", "squeezebert-small", "model preset for scratch cells (use the "
-                    "preset matching --init_from, e.g. minilm-l6-h384)")
-flags.DEFINE_float("alpha", 0.5, "distillation mixing weight")
-flags.DEFINE_float("temperature", 2.0, "distillation temperature")
-common.define_flags()
+def define_flags():
+  """Flags of this script (defined only when it runs: tests import make_cells)."""
+  flags.DEFINE_string("depths", "6,4,3,2", "layer counts; the largest is the full model")
+  flags.DEFINE_string("inits", "every_other", "comma-separated: scratch, first_k, every_other")
+  flags.DEFINE_string("distill", "0,1", "comma-separated 0/1: without / with distillation")
+  flags.DEFINE_string("init_from", "", "pretrained checkpoint of the full depth (HF dir, ours, "
+                      "workdir); empty: the full model trains from scratch")
+  flags.DEFINE_string("variant", "squeezebert-small", "model preset for scratch cells (use the "
+                      "preset matching --init_from, e.g. minilm-l6-h384)")
+  flags.DEFINE_float("alpha", 0.5, "distillation mixing weight")
+  flags.DEFINE_float("temperature", 2.0, "distillation temperature")
+  common.define_flags()
+
+
 FLAGS = flags.FLAGS
 INITS = ("scratch", "first_k", "every_other")
 
@@ -89,11 +93,9 @@ def main(argv):
                      [x for x in FLAGS.inits.split(",") if x],
                      common.int_list(FLAGS.distill, "distill"), FLAGS.init_from, FLAGS.variant,
                      FLAGS.alpha, FLAGS.temperature, FLAGS.root)
-  if FLAGS.scale == "tiny":  # the tiny model is the scratch variant
-    for c in cells:
-      c.overrides.pop("model.variant", None)
   common.run_sweep(cells, FLAGS)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

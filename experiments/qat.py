@@ -27,11 +27,15 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import common  # noqa: E402
 
-flags.DEFINE_string("bits", "8,4", "weight bit widths (8, 4)")
-flags.DEFINE_multi_string("modules", ["all"], "quantized module sets: all, or e.g. ffn, qkv+ffn")
-flags.DEFINE_string("variant", "squeezebert-small", "model preset")
-flags.DEFINE_bool("static", True, "add the PTQ w8a8 cell with static (calibrated) ranges")
-common.define_flags(default_seeds="0")
+def define_flags():
+  """Flags of this script (defined only when it runs: tests import make_cells)."""
+  flags.DEFINE_string("bits", "8,4", "weight bit widths (8, 4)")
+  flags.DEFINE_multi_string("modules", ["all"], "quantized module sets: all, or e.g. ffn, qkv+ffn")
+  flags.DEFINE_string("variant", "squeezebert-small", "model preset")
+  flags.DEFINE_bool("static", True, "add the PTQ w8a8 cell with static (calibrated) ranges")
+  common.define_flags(default_seeds="0")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -76,11 +80,9 @@ def main(argv):
   del argv
   cells = make_cells(common.int_list(FLAGS.bits, "bits"), FLAGS.modules, FLAGS.variant,
                      FLAGS.static)
-  if FLAGS.scale == "tiny":
-    for c in cells:
-      c.overrides.pop("model.variant", None)
   common.run_sweep(cells, FLAGS)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -27,11 +27,15 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import common  # noqa: E402
 
-flags.DEFINE_string("variant", "squeezebert-small", "model preset giving the sizes")
-flags.DEFINE_integer("kernel", 7, "depthwise conv width (odd) of squeeze_expand and hybrid")
-flags.DEFINE_string("conv_layers", "", "hybrid: layer indices with conv instead of attention "
-                    "(default: the lower half)")
-common.define_flags()
+def define_flags():
+  """Flags of this script (defined only when it runs: tests import make_cells)."""
+  flags.DEFINE_string("variant", "squeezebert-small", "model preset giving the sizes")
+  flags.DEFINE_integer("kernel", 7, "depthwise conv width (odd) of squeeze_expand and hybrid")
+  flags.DEFINE_string("conv_layers", "", "hybrid: layer indices with conv instead of attention "
+                      "(default: the lower half)")
+  common.define_flags()
+
+
 FLAGS = flags.FLAGS
 
 ALL_ONE = {f"model.{g}_groups": 1 for g in ("q", "k", "v", "post_attention", "intermediate",
@@ -78,4 +82,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

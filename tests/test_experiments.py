@@ -1,0 +1,152 @@
+"""experiments/: sweeps on tiny configs (real SST-2 through TFDS, the real trainer), resume,
+report (table, CSV, figures) and the results notebook."""
+
+import json
+import os
+import sys
+import types
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from experiments import common, grouping, layer_reduction, qat, report, variants  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not os.environ.get("TFDS_DATA_DIR") and not os.environ.get(
+    "GLUE_DIR"), reason="needs GLUE data (TFDS_DATA_DIR or GLUE_DIR)")
+
+
+def flags_for(root, seeds="0", only="", **kw):
+  f = dict(root=str(root), task="sst2", seeds=seeds, only=only, scale="tiny", steps=0,
+           bench_batch=2, bench_seq=16, bench_iters=1, list=False, set=[])
+  f.update(kw)
+  return types.SimpleNamespace(**f)
+
+
+def read(root, cell, seed=0):
+  with open(os.path.join(root, cell, f"seed{seed}", "cell.json")) as f:
+    return json.load(f)
+
+
+def test_layer_reduction_sweep_resumes_and_reports(tmp_path):
+  root = tmp_path / "lr"
+  cells = layer_reduction.make_cells([2, 1], ["every_other"], [0, 1], "", "squeezebert-small",
+                                     0.5, 2.0, str(root))
+  assert [c.name for c in cells] == ["L2_full", "L1_every_other_ce", "L1_every_other_kd"]
+  common.run_sweep(cells, flags_for(root))
+  full, kd = read(root, "L2_full"), read(root, "L1_every_other_kd")
+  for r in (full, kd):
+    for key in ("metric", "params", "flops_per_seq", "latency_ms_per_seq", "size_mb",
+                "train_time_s", "seed", "layers"):
+      assert r[key] is not None, key
+  assert full["layers"] == 2 and kd["layers"] == 1 and kd["distill"] is True
+  assert kd["params"] < full["params"] and kd["flops_per_seq"] < full["flops_per_seq"]
+  with open(os.path.join(root, "L1_every_other_kd", "seed0", "train_config.json")) as f:
+    tc = json.load(f)
+  full_wd = os.path.join(str(root), "L2_full", "seed0")
+  assert tc["init_from"] == full_wd and tc["init_layers"] == "every_other"
+  assert tc["distill"]["teacher"] == full_wd
+  # A finished cell is not rerun.
+  path = os.path.join(root, "L2_full", "seed0", "cell.json")
+  mtime = os.path.getmtime(path)
+  common.run_sweep(cells, flags_for(root))
+  assert os.path.getmtime(path) == mtime
+  paths = report.build(str(root))
+  for key in ("md", "csv", "cells_csv", "latency", "params", "layers"):
+    assert os.path.exists(paths[key]), key
+  md = open(paths["md"]).read()
+  assert "L1_every_other_kd" in md and "±" in md
+
+
+def test_qat_sweep_has_ptq_qat_and_int8_cells(tmp_path):
+  root = tmp_path / "qat"
+  cells = qat.make_cells([8], ["all"], "squeezebert-small", static=False)
+  assert [c.name for c in cells] == ["fp32", "ptq_w8a8", "qat_w8a8", "qat_w8a8_int8"]
+  with pytest.raises(FileNotFoundError, match="has not finished"):
+    common.run_sweep(cells, flags_for(root, only="ptq_w8a8"))
+  common.run_sweep(cells, flags_for(root))
+  fp32, ptq, q, q8 = (read(root, c.name) for c in cells)
+  assert fp32["quant"] is None and ptq["quant"] == "w8a8" and q["quant"] == "qat-w8a8"
+  assert q8["quant"] == "w8a8" and q8["bench"]["quant"] == "w8a8"
+  assert ptq["size_mb"] < 0.5 * fp32["size_mb"]
+  assert ptq["params"] == fp32["params"]
+  agg = report.aggregate(report.load_results(str(root)))
+  assert {a["method"] for a in agg} == {"fp32", "ptq", "qat", "qat-int8"}
+  assert os.path.exists(report.build(str(root))["qat"])
+
+
+def test_variants_and_grouping_cells():
+  from squeezebert.model import ModelConfig, get_config
+  from squeezebert.model.config import PRESETS
+  preset = ModelConfig(**PRESETS["squeezebert-small"]).to_dict()
+  cells = variants.make_cells(preset, "squeezebert-small", 7, "", "/r")
+  names = [c.name for c in cells]
+  assert names == ["bert_like", "squeezebert", "distilbert_like", "albert_like",
+                   "squeeze_expand", "hybrid"]
+  by = {c.name: c for c in cells}
+  assert by["hybrid"].overrides["model.conv_layers"] == "0,1"
+  assert by["distilbert_like"].late_overrides(1) == {
+      "init_from": "/r/bert_like/seed1", "distill.teacher": "/r/bert_like/seed1"}
+  # Every cell's overrides make a valid model.
+  for c in cells:
+    kw = {k.split(".", 1)[1]: v for k, v in c.overrides.items()
+          if k.startswith("model.") and k != "model.variant"}
+    get_config("squeezebert-small", **kw)
+  g = grouping.make_cells([1, 4], "both", 1, "squeezebert-small")
+  assert [c.name for c in g] == ["qkv1_ffn1", "qkv4_ffn4", "qkv4_ffn1", "qkv1_ffn4"]
+
+
+def test_variant_sweep_distilbert_like(tmp_path):
+  root = tmp_path / "var"
+  preset = {"num_hidden_layers": 2, "hidden_size": 32}
+  cells = variants.make_cells(preset, "tiny", 3, "", str(root))
+  common.run_sweep(cells, flags_for(root, only="bert_like,distilbert_like,albert_like"))
+  bert, distil, albert = (read(root, c) for c in ("bert_like", "distilbert_like", "albert_like"))
+  assert distil["layers"] == 1 and bert["layers"] == 2
+  assert albert["params"] < bert["params"]
+
+
+def test_sweep_errors(tmp_path):
+  cells = grouping.make_cells([1], "qkv", 1, "squeezebert-small")
+  with pytest.raises(ValueError, match="unknown cells"):
+    common.run_sweep(cells, flags_for(tmp_path, only="nope"))
+  with pytest.raises(KeyError, match="model.nope"):
+    common.run_sweep(cells, flags_for(tmp_path, set=["model.nope=1"]))
+  with pytest.raises(ValueError, match="seeds"):
+    common.run_sweep(cells, flags_for(tmp_path, seeds="a"))
+  with pytest.raises(FileNotFoundError, match="no finished cells"):
+    report.load_results(str(tmp_path / "empty"))
+
+
+def test_init_layers_needs_init_from(tmp_path):
+  from squeezebert.train import trainer
+  config = common.load_glue_config("task=sst2,runlocal=True")
+  config.init_layers = "every_other"
+  with pytest.raises(ValueError, match="init_from"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+
+
+def test_grouping_two_seeds_report_and_notebook(tmp_path):
+  root = tmp_path / "groups"
+  cells = grouping.make_cells([2], "qkv", 1, "squeezebert-small")
+  common.run_sweep(cells, flags_for(root, seeds="0,1"))
+  agg = report.aggregate(report.load_results(str(root)))
+  assert len(agg) == 1 and agg[0]["n_seeds"] == 2 and agg[0]["seeds"] == "0,1"
+  assert agg[0]["qkv_groups"] == 2
+  # The results notebook, executed on this sweep.
+  import nbformat
+  from nbclient import NotebookClient
+  nb = nbformat.read(os.path.join(REPO, "notebooks", "results.ipynb"), as_version=4)
+  os.environ["RESULTS_ROOT"] = str(root)
+  try:
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
+  finally:
+    del os.environ["RESULTS_ROOT"]
+  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                 for o in c.get("outputs", []))
+  assert "2 runs, 1 cells" in text
+  images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})]
+  assert images
