@@ -115,9 +115,10 @@ def parse_set(items: list[str]) -> dict:
     if not eq:
       raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
     try:
-      out[key] = json.loads(value)
+      v = json.loads(value)
     except json.JSONDecodeError:
-      out[key] = value
+      v = value
+    out[key] = tuple(v) if isinstance(v, list) else v  # ConfigDict tuples (bucket boundaries)
   return out
 
 

@@ -131,9 +131,12 @@ class Embeddings(nnx.Module):
     # > 0: fake-quantize the output per token to this many bits (squeezebert.quant sets it).
     self.output_quant_bits = 0
 
-  def __call__(self, ids_BxL, type_ids_BxL, *, deterministic, rngs):
+  def __call__(self, ids_BxL, type_ids_BxL, *, deterministic, rngs, inputs_embeds=None):
     seq_len = ids_BxL.shape[-1]
-    x_BxLxD = (embedding_rows(self.word_embeddings, ids_BxL)
+    # inputs_embeds [B, L, E] replaces the word-embedding rows (HF's inputs_embeds): gradient
+    # attacks differentiate through it.
+    words = embedding_rows(self.word_embeddings, ids_BxL) if inputs_embeds is None else inputs_embeds
+    x_BxLxD = (words
                + self.position_embeddings[...][:seq_len][None]
                + embedding_rows(self.token_type_embeddings, type_ids_BxL))
     x_BxLxD = self.layer_norm(x_BxLxD.astype(jnp.float32))

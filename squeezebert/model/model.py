@@ -49,9 +49,10 @@ class Encoder(nnx.Module):
     self.pooler = dense(cfg.hidden_size, cfg.hidden_size, cfg, rngs)
 
   def __call__(self, ids_BxL, mask_BxL, type_ids_BxL, *, deterministic, rngs,
-               output_hidden_states=False):
+               output_hidden_states=False, inputs_embeds=None):
     bias = attention_bias(mask_BxL)
-    x_BxLxD = self.embeddings(ids_BxL, type_ids_BxL, deterministic=deterministic, rngs=rngs)
+    x_BxLxD = self.embeddings(ids_BxL, type_ids_BxL, deterministic=deterministic, rngs=rngs,
+                              inputs_embeds=inputs_embeds)
     if self.embedding_projection is not None:
       x_BxLxD = self.embedding_projection(x_BxLxD)
     hidden = [x_BxLxD]
@@ -85,7 +86,9 @@ class SqueezeBert(nnx.Module):
   """Encoder + one task head.
 
   Call: model(input_ids, attention_mask=None, token_type_ids=None, *, rngs=None,
-  deterministic=None, output_hidden_states=False, masked_positions=None). Dropout is on
+  deterministic=None, output_hidden_states=False, masked_positions=None,
+  inputs_embeds=None). inputs_embeds [B, L, E] replaces the word-embedding lookup of
+  input_ids (which still give the shape). Dropout is on
   only when `deterministic` is False (default: on iff
   `rngs` is given). `rngs` is an `nnx.Rngs` or a PRNG key; it is never stored.
   multiple_choice takes [B, C, L] inputs and returns logits [B, C].
@@ -114,7 +117,7 @@ class SqueezeBert(nnx.Module):
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs=None,
                deterministic: bool | None = None, output_hidden_states: bool = False,
-               masked_positions=None) -> ModelOutput:
+               masked_positions=None, inputs_embeds=None) -> ModelOutput:
     if deterministic is None:
       deterministic = rngs is None
     if rngs is not None and not isinstance(rngs, nnx.Rngs):
@@ -139,8 +142,11 @@ class SqueezeBert(nnx.Module):
       raise ValueError(f"expected [B, L] inputs, got shape {input_ids.shape}")
 
     kw = dict(deterministic=deterministic, rngs=rngs)
+    if inputs_embeds is not None and self.head == "multiple_choice":
+      raise ValueError("inputs_embeds is not supported with the multiple_choice head")
     seq, pooled, hidden = self.transformer(input_ids, attention_mask, token_type_ids,
-                                           output_hidden_states=output_hidden_states, **kw)
+                                           output_hidden_states=output_hidden_states,
+                                           inputs_embeds=inputs_embeds, **kw)
     out = dict(last_hidden_state=seq, pooler_output=pooled, hidden_states=hidden)
     if self.head in ("mlm", "pretraining"):
       # masked_positions [B, P]: MLM logits only there ([B, P, V]); at L=128 the full

@@ -1,0 +1,133 @@
+"""Serving export with `jax.export`: serialized StableHLO with the weights baked in.
+
+    python -m squeezebert.export --model RUN_OR_MODEL_DIR --out DIR [--batch 0 --seq 0]
+    fn = squeezebert.export.load(DIR)              # in any process; needs only jax
+    outputs = fn(input_ids, attention_mask, token_type_ids)   # dict of numpy arrays
+
+--model takes anything `squeezebert.from_pretrained` loads: a training workdir (best
+checkpoint), our model dir, an int8 model dir (squeezebert.quant) or an HF dir. Batch and
+sequence length are symbolic by default (0), so one artifact serves every shape up to the
+model's max_position_embeddings; give --batch/--seq to fix them. DIR gets model.jaxexport (the
+serialized jax.export.Exported: StableHLO + calling convention), export.json (input and output
+names, shapes, platforms, the source) and, with --check, check.npz (inputs and the outputs of
+the in-process model, which `load` reproduces exactly).
+
+TFLite is not produced: jax2tf's TFLite path needs the TF converter on StableHLO with
+symbolic shapes and qwix's int8 ops; the StableHLO artifact is what IREE / XLA serving take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+ARTIFACT = "model.jaxexport"
+META = "export.json"
+OUTPUT_NAMES = ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits",
+                "sop_logits")
+
+
+def _outputs(out) -> dict:
+  return {k: getattr(out, k) for k in OUTPUT_NAMES if getattr(out, k, None) is not None}
+
+
+def forward_fn(model):
+  """fn(ids, mask, types) -> dict of outputs, the weights closed over (constants): what is
+  exported; `jax.jit` of it is the in-process reference."""
+  graphdef, state = nnx.split(model)
+
+  def forward(ids, mask, types):
+    return _outputs(nnx.merge(graphdef, state)(ids, mask, types, deterministic=True))
+
+  return forward
+
+
+def export_model(model, out_dir: str, batch: int = 0, seq: int = 0,
+                 platforms: tuple[str, ...] | None = None, source: str = "") -> dict:
+  """Exports the deterministic forward of `model` (weights as constants) to out_dir."""
+  cfg = model.config
+  if seq > cfg.max_position_embeddings:
+    raise ValueError(f"seq {seq} > max_position_embeddings {cfg.max_position_embeddings}")
+  if model.head == "multiple_choice":
+    raise ValueError("export of the multiple_choice head ([B, C, L] inputs) is not supported")
+  forward = forward_fn(model)
+  if batch and seq:
+    shape = (batch, seq)
+  else:
+    b = str(batch) if batch else "b"
+    l = str(seq) if seq else "l"
+    # The model checks L <= max_position_embeddings: the constraint lets that check pass.
+    shape = jax.export.symbolic_shape(
+        f"{b}, {l}", constraints=() if seq else (f"{l} <= {cfg.max_position_embeddings}",))
+  args = [jax.ShapeDtypeStruct(shape, jnp.int32) for _ in range(3)]
+  kw = {"platforms": platforms} if platforms else {}
+  exp = jax.export.export(jax.jit(forward), **kw)(*args)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, ARTIFACT), "wb") as f:
+    f.write(exp.serialize())
+  meta = dict(inputs=["input_ids", "attention_mask", "token_type_ids"],
+              input_shape=[str(d) for d in shape], input_dtype="int32",
+              outputs=sorted(exp.out_tree.unflatten(range(len(exp.out_avals))).keys()),
+              platforms=list(exp.platforms), head=model.head, num_labels=model.num_labels,
+              max_position_embeddings=cfg.max_position_embeddings, source=source,
+              jax_version=jax.__version__)
+  with open(os.path.join(out_dir, META), "w") as f:
+    json.dump(meta, f, indent=2)
+  return meta
+
+
+def load(out_dir: str):
+  """The exported forward as fn(input_ids, attention_mask=None, token_type_ids=None) -> dict
+  of numpy arrays; needs no squeezebert model code."""
+  path = os.path.join(out_dir, ARTIFACT)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: not a `python -m squeezebert.export` output")
+  with open(path, "rb") as f:
+    exp = jax.export.deserialize(bytearray(f.read()))
+
+  def fn(input_ids, attention_mask=None, token_type_ids=None):
+    ids = np.asarray(input_ids, np.int32)
+    if ids.ndim != 2:
+      raise ValueError(f"expected [B, L] input_ids, got shape {ids.shape}")
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+    types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, np.int32)
+    return jax.tree.map(np.asarray, exp.call(ids, mask, types))
+
+  return fn
+
+
+def main(argv):
+  from absl import flags  # noqa: PLC0415
+  from squeezebert import convert  # noqa: PLC0415
+  f = flags.FLAGS
+  model = convert.from_pretrained(f.model)
+  meta = export_model(model, f.out, f.batch, f.seq, source=os.path.abspath(f.model))
+  if f.check:
+    rng = np.random.default_rng(0)
+    b, l = f.batch or 2, f.seq or 16
+    ids = rng.integers(1, min(model.config.vocab_size, 30522), (b, l)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[0, l // 2:] = 0
+    types = np.zeros_like(ids)
+    ref = jax.tree.map(np.asarray, jax.jit(forward_fn(model))(ids, mask, types))
+    got = load(f.out)(ids, mask, types)
+    diff = max(float(np.max(np.abs(ref[k] - got[k]))) for k in ref)
+    np.savez(os.path.join(f.out, "check.npz"), input_ids=ids, attention_mask=mask,
+             token_type_ids=types, **{f"out_{k}": v for k, v in ref.items()})
+    print(f"check: max abs difference exported vs in-process jit = {diff:.3g}")
+  print(json.dumps(meta, indent=2))
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # noqa: PLC0415
+  flags.DEFINE_string("model", None, "workdir / model dir / int8 dir / HF dir", required=True)
+  flags.DEFINE_string("out", None, "output directory", required=True)
+  flags.DEFINE_integer("batch", 0, "fixed batch size (0: symbolic)")
+  flags.DEFINE_integer("seq", 0, "fixed sequence length (0: symbolic)")
+  flags.DEFINE_bool("check", True, "compare exported vs in-process outputs; save check.npz")
+  app.run(main)
