@@ -191,3 +191,20 @@ def test_exported_model_of_a_saved_checkpoint(tmp_path):
   ids = np.arange(1, 13, dtype=np.int32).reshape(2, 6)
   np.testing.assert_allclose(export.load(str(tmp_path / "e"))(ids)["logits"],
                              model(ids, deterministic=True).logits, atol=1e-5)
+
+
+def test_robustness_experiment_script(trained, tmp_path):
+  from experiments import robustness as rob_exp  # noqa: PLC0415
+  wd, _, _ = trained
+  models = rob_exp.parse_models([f"a={wd}", f"b={wd}"])
+  res = rob_exp.run_all(str(tmp_path), models, ("word_shuffle", "hotflip"), (0.2,), limit=16,
+                        budget=1)
+  mtime = os.path.getmtime(tmp_path / "a.json")
+  rob_exp.run_all(str(tmp_path), models, ("word_shuffle", "hotflip"), (0.2,), limit=16)
+  assert os.path.getmtime(tmp_path / "a.json") == mtime  # finished models are not rerun
+  md, rows = rob_exp.table(res)
+  assert rows[0]["word_shuffle@0.2"] == rows[1]["word_shuffle@0.2"]
+  assert "hotflip_success" in md
+  assert os.path.exists(rob_exp.plot(res, str(tmp_path / "r.png")))
+  with pytest.raises(ValueError, match="NAME=WORKDIR"):
+    rob_exp.parse_models(["nope"])
