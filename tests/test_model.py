@@ -228,7 +228,7 @@ def test_param_counts(preset, expected):
     (dict(hidden_dropout_prob=-0.1), "hidden_dropout_prob"),
     (dict(attention_probs_dropout_prob=1.5), "attention_probs_dropout_prob"),
     (dict(num_hidden_layers=0), "num_hidden_layers"),
-    (dict(embedding_size=128), "embedding_size"),
+    (dict(embedding_size=1024), "embedding_size"),  # larger than hidden (768)
     (dict(family="gpt"), "family"),
     (dict(hidden_act="swish"), "hidden_act"),
     (dict(dtype="float8"), "dtype"),
