@@ -148,3 +148,22 @@ def test_select_layers_copies_exactly():
   # Layer by layer: the small model's output is layers 0 and 3 of the big one applied in turn.
   big_h = m(IDS, MASK, output_hidden_states=True).hidden_states
   assert not np.allclose(big_h[2], small(IDS, MASK).last_hidden_state)
+
+
+def test_run_file_accepts_older_workdirs_and_json_lists(tmp_path):
+  import json as _json
+  from squeezebert.train import checkpoint as ckpt_lib
+  cfg = get_config("tiny", conv_layers=(1,))
+  run = dict(task="sst2", model=cfg.to_dict(), head="classification", num_labels=2)
+  ckpt_lib.write_run_file(str(tmp_path), run)
+  ckpt_lib.write_run_file(str(tmp_path), dict(run, model={**cfg.to_dict(), "conv_layers": (1,)}))
+  # A workdir written before the variant fields existed resumes with their defaults.
+  old = get_config("tiny").to_dict()
+  for k in ("share_layers", "separable_kernel", "conv_layers", "conv_kernel"):
+    old.pop(k)
+  d = tmp_path / "old"
+  d.mkdir()
+  (d / "run.json").write_text(_json.dumps(dict(run, model=old)))
+  ckpt_lib.write_run_file(str(d), dict(run, model=get_config("tiny").to_dict()))
+  with pytest.raises(ValueError, match="different model"):
+    ckpt_lib.write_run_file(str(d), dict(run, model=get_config("tiny", share_layers=True).to_dict()))

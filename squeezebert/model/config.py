@@ -136,6 +136,7 @@ class ModelConfig:
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
+    d["conv_layers"] = list(self.conv_layers)  # the JSON form (run.json compares dicts)
     for k in ("dtype", "param_dtype"):
       d[k] = jnp.dtype(resolve_dtype(d[k])).name
     return d

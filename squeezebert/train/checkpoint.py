@@ -34,6 +34,12 @@ def write_run_file(workdir: str, run: dict) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
+    if "model" in old and "model" in run:
+      # Compare as ModelConfig: fields added since the workdir was written take their
+      # defaults, and JSON lists equal tuples.
+      from squeezebert.model import ModelConfig  # noqa: PLC0415
+      old["model"] = ModelConfig(**old["model"]).to_dict()
+      run = dict(run, model=ModelConfig(**run["model"]).to_dict())
     keys = ("model", "head", "num_labels", "task", "quant")
     diff = [k for k in keys if old.get(k) != run.get(k)]
     if diff:
