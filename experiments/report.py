@@ -18,6 +18,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -209,6 +210,17 @@ def build(root: str, out: str | None = None, title: str = "") -> dict:
   out = out or root
   os.makedirs(out, exist_ok=True)
   rows = load_results(root)
+  if os.path.abspath(out) != os.path.abspath(root):
+    # The output dir gets the cell.json files too, so it is itself a loadable sweep (the
+    # committed experiments/results/<sweep> folders; notebooks/results.ipynb reads them).
+    for r in rows:
+      d = os.path.join(out, r["cell"], f"seed{r['seed']}")
+      os.makedirs(d, exist_ok=True)
+      with open(os.path.join(d, "cell.json"), "w") as f:
+        json.dump(r, f, indent=2)
+    sweep = os.path.join(root, "sweep.json")
+    if os.path.exists(sweep):
+      shutil.copy(sweep, os.path.join(out, "sweep.json"))
   agg = aggregate(rows)
   title = title or f"{os.path.basename(os.path.normpath(root))} ({agg[0]['task']})"
   paths = dict(md=os.path.join(out, "results.md"), csv=os.path.join(out, "results.csv"),
