@@ -57,6 +57,11 @@ def test_layer_reduction_sweep_resumes_and_reports(tmp_path):
     assert os.path.exists(paths[key]), key
   md = open(paths["md"]).read()
   assert "L1_every_other_kd" in md and "±" in md
+  # A report written elsewhere carries the cell.json files: it is itself a loadable sweep.
+  out = tmp_path / "published"
+  report.build(str(root), str(out))
+  assert report.aggregate(report.load_results(str(out))) == report.aggregate(
+      report.load_results(str(root)))
 
 
 def test_qat_sweep_has_ptq_qat_and_int8_cells(tmp_path):
