@@ -120,10 +120,25 @@ def pareto(xs, ys) -> list[int]:
   return front
 
 
-def _scatter(agg, xkey, xlabel, path, logx=False, front=False, title=""):
+def _pyplot():
   import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+  return plt
+
+
+def _finish(fig, ax, path, ylabel, title):
+  """Shared ending of every figure: labels, grid, save, close; returns the path."""
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  _pyplot().close(fig)
+  return path
+
+
+def _scatter(agg, xkey, xlabel, path, logx=False, front=False, title=""):
+  plt = _pyplot()
   pts = [a for a in agg if a.get(xkey) is not None]
   if not pts:
     return None
@@ -140,19 +155,12 @@ def _scatter(agg, xkey, xlabel, path, logx=False, front=False, title=""):
   if logx:
     ax.set_xscale("log")
   ax.set_xlabel(xlabel)
-  ax.set_ylabel(f"{pts[0]['task']} {pts[0]['metric_name']}")
-  ax.set_title(title)
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _finish(fig, ax, path, f"{pts[0]['task']} {pts[0]['metric_name']}", title)
 
 
 def plot_layers(agg, path, title=""):
-  import matplotlib  # noqa: PLC0415
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  plt = _pyplot()
   if len({a.get("layers") for a in agg}) < 2 or not any(a.get("init") for a in agg):
     return None  # not a layer-reduction sweep
   series: dict[str, list] = {}
@@ -169,20 +177,13 @@ def plot_layers(agg, path, title=""):
     ax.errorbar([a["layers"] for a in pts], [a["metric_mean"] for a in pts],
                 yerr=[a["metric_std"] for a in pts], marker="o", capsize=3, label=label)
   ax.set_xlabel("encoder layers")
-  ax.set_ylabel(f"{agg[0]['task']} {agg[0]['metric_name']}")
-  ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _finish(fig, ax, path, f"{agg[0]['task']} {agg[0]['metric_name']}", title)
 
 
 def plot_qat(agg, path, title=""):
-  import matplotlib  # noqa: PLC0415
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  plt = _pyplot()
   pts = [a for a in agg if a.get("method")]
   if not pts:
     return None
@@ -196,13 +197,9 @@ def plot_qat(agg, path, title=""):
   ax.set_xticks(range(len(pts)), labels, rotation=35, ha="right", fontsize=8)
   lo = min(a["metric_mean"] for a in pts)
   ax.set_ylim(max(0.0, lo - 0.05), None)
-  ax.set_ylabel(f"{pts[0]['task']} {pts[0]['metric_name']}")
-  ax.set_title(title or "fp32 / PTQ / QAT by weight bits")
   ax.grid(axis="y", alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _finish(fig, ax, path, f"{pts[0]['task']} {pts[0]['metric_name']}",
+                 title or "fp32 / PTQ / QAT by weight bits")
 
 
 def build(root: str, out: str | None = None, title: str = "") -> dict:

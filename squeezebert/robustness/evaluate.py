@@ -11,7 +11,6 @@ import json
 import os
 import time
 
-import numpy as np
 from absl import logging
 
 from squeezebert.robustness import attack as attack_lib
@@ -37,6 +36,7 @@ def run(workdir: str, attacks=ATTACKS, rates=DEFAULT_RATES, seed: int = 0, budge
   from squeezebert import convert  # noqa: PLC0415
   from squeezebert.data import batching, glue  # noqa: PLC0415
   from squeezebert.quant import cli as quant_cli  # noqa: PLC0415
+  from squeezebert.quant import is_int8_model  # noqa: PLC0415
   from squeezebert.train import checkpoint as ckpt_lib  # noqa: PLC0415
   from squeezebert.train import tasks as tasks_lib  # noqa: PLC0415
   bad = sorted(set(attacks) - set(ATTACKS))
@@ -67,7 +67,7 @@ def run(workdir: str, attacks=ATTACKS, rates=DEFAULT_RATES, seed: int = 0, budge
 
   t0 = time.time()
   res = dict(workdir=os.path.abspath(workdir), model=os.path.abspath(model_dir or workdir),
-             model_kind="int8" if model_dir and convert_is_int8(model_dir) else "float",
+             model_kind="int8" if is_int8_model(model) else "float",
              task=task.name, split=split, examples=len(ex["idx"]), seed=seed,
              rates=list(rates), clean_accuracy=accuracy(ex), noise={})
   for kind in attacks:
@@ -88,11 +88,6 @@ def run(workdir: str, attacks=ATTACKS, rates=DEFAULT_RATES, seed: int = 0, budge
     logging.info("hotflip: %s", res["hotflip"])
   res["seconds"] = time.time() - t0
   return res
-
-
-def convert_is_int8(path: str) -> bool:
-  from squeezebert.quant.core import INT8_CONFIG  # noqa: PLC0415
-  return os.path.exists(os.path.join(path, INT8_CONFIG))
 
 
 def table(res: dict) -> str:
@@ -118,6 +113,3 @@ def write(res: dict, out: str) -> None:
     json.dump(res, f, indent=2, default=lambda x: x.item() if hasattr(x, "item") else str(x))
   with open(os.path.splitext(out)[0] + ".md", "w") as f:
     f.write(table(res))
-
-
-__all__ = ["ATTACKS", "DEFAULT_RATES", "run", "table", "write", "np"]
