@@ -95,7 +95,8 @@ def base_train_config() -> ml_collections.ConfigDict:
       teacher="",                 # "" = off | HF dir | our model dir | workdir, with the task's head
       alpha=0.5,                  # loss = (1 - alpha) * task + alpha * T^2 * KL(teacher || student)
       temperature=2.0,
-      hidden_weight=0.0,          # >0: + weight * MSE of mapped hidden states (equal widths)
+      hidden_weight=0.0,          # >0: + weight * MSE of mapped hidden states (a learned
+                                  # projection at unequal widths; alpha=0: hidden states only)
   ))
   # Quantization (squeezebert/quant): QAT is a switch of this trainer; PTQ / int8 conversion
   # of a finished workdir: python -m squeezebert.quant --workdir RUN --mode ptq|int8 --out DIR.

@@ -107,3 +107,84 @@ def test_teacher_head_must_match(teacher_dir, tmp_path):
   cfg = runlocal(distill__teacher=str(tmp_path / "missing"))
   with pytest.raises(FileNotFoundError, match="distill.teacher"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "w2"))
+
+
+def test_projected_hidden_loss_matches_hand_computed():
+  # Student width 2, teacher width 3; the projection h @ W + b by hand.
+  proj = distill.HiddenProjection(2, 3, rngs=nnx.Rngs(params=0))
+  w = np.array([[1.0, 0.0, 2.0], [0.0, -1.0, 1.0]], np.float32)
+  b = np.array([0.5, 0.0, -0.5], np.float32)
+  proj.dense.kernel[...] = jnp.asarray(w)
+  proj.dense.bias[...] = jnp.asarray(b)
+  rng = np.random.default_rng(0)
+  hs = [rng.normal(size=(2, 4, 2)).astype(np.float32) for _ in range(3)]  # 2 student layers
+  ht = [rng.normal(size=(2, 4, 3)).astype(np.float32) for _ in range(5)]  # 4 teacher layers
+  mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.int32)
+  want = []
+  for i, j in enumerate([0, 2, 4]):
+    d = (hs[i] @ w + b - ht[j]) ** 2 * mask[..., None]
+    want.append(d.sum() / (mask.sum() * 3))
+  got = distill.hidden_mse([jnp.asarray(h) for h in hs], [jnp.asarray(h) for h in ht],
+                           jnp.asarray(mask), proj)
+  assert float(got) == pytest.approx(float(np.mean(want)), rel=1e-5)
+  with pytest.raises(ValueError, match="no distill projection"):
+    distill.hidden_mse([jnp.asarray(h) for h in hs], [jnp.asarray(h) for h in ht],
+                       jnp.asarray(mask))
+
+
+def test_hidden_only_skips_the_logit_term():
+  cfg = distill.DistillConfig(alpha=0.0, hidden_weight=2.0)
+  h = tuple(jnp.ones((1, 3, 4)) * i for i in range(3))
+  out = ModelOutput(None, None, logits=jnp.zeros((1, 2)), hidden_states=h)
+  terms = distill.distill_terms(cfg, "pretraining", out, out,
+                                {"example_weight": jnp.ones(1),
+                                 "attention_mask": jnp.ones((1, 3), jnp.int32)})
+  assert set(terms) == {"hidden_loss"}
+  assert float(distill.combine(cfg, jnp.float32(1.5), dict(hidden_loss=jnp.float32(0.25)))) \
+      == pytest.approx(1.5 + 2.0 * 0.25)
+
+
+@pytest.fixture(scope="module")
+def wide_teacher_dir(tmp_path_factory):
+  """A classification teacher 1.5x wider than the runlocal student (tiny: hidden 32)."""
+  d = tmp_path_factory.mktemp("wide_teacher")
+  cfg = get_config("tiny", vocab_size=30522, num_hidden_layers=3, hidden_size=48,
+                   intermediate_size=96)
+  convert.save_pretrained(SqueezeBert(cfg, head="classification", num_labels=2,
+                                      rngs=nnx.Rngs(params=3)), str(d))
+  return d
+
+
+@needs_tfds
+def test_projection_trains_resumes_and_is_dropped_on_load(wide_teacher_dir, tmp_path):
+  workdir = tmp_path / "w"
+  cfg = runlocal(distill__teacher=str(wide_teacher_dir), distill__alpha=0.5,
+                 distill__hidden_weight=1.0, num_train_steps=4, eval_every_steps=2)
+  student_hidden = get_config(cfg.model.variant).hidden_size
+  trainer.train_and_evaluate(cfg, str(workdir))
+  run = json.loads((workdir / "run.json").read_text())
+  assert run["distill_projection"] == [student_hidden, 48]
+  rows = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
+  assert all(r["hidden_loss"] > 0 for r in rows)
+  # The projection is a trained parameter of the checkpoint ...
+  from squeezebert.train import checkpoint as ckpt_lib
+  ck = ckpt_lib.Checkpoints(str(workdir), read_only=True)
+  probe = SqueezeBert(get_config(cfg.model.variant, vocab_size=30522), head="classification",
+                      num_labels=2, rngs=nnx.Rngs(params=cfg.seed))
+  init_kernel = np.asarray(distill.attach_projection(
+      probe, run["distill_projection"], seed=cfg.seed).distill_projection.dense.kernel[...])
+  saved, _, _ = ck.restore(4, nnx.state(probe))
+  ck.close()
+  trained = np.asarray(saved["distill_projection"]["dense"]["kernel"][...])
+  assert trained.shape == (student_hidden, 48)
+  assert not np.allclose(trained, init_kernel)
+  # ... resumes (a longer schedule continues from step 4) ...
+  cfg.num_train_steps = 6
+  trainer.train_and_evaluate(cfg, str(workdir))
+  assert max(r["step"] for r in read_jsonl(workdir / "metrics.jsonl")) == 6
+  # ... eval mode rebuilds it from run.json; loading for use drops it.
+  cfg.mode = "eval"
+  assert np.isfinite(trainer.train_and_evaluate(cfg, str(workdir))["accuracy"])
+  model = convert.from_pretrained(str(workdir))
+  assert distill.projection_of(model) is None
+  assert not any(k.startswith(distill.PROJECTION_ATTR) for k in convert.flat_params(model))

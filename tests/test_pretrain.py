@@ -293,3 +293,30 @@ def test_pretrain_bad_config(corpus_dir, tmp_path):
     trainer.train_and_evaluate(cfg, str(tmp_path / "w2"))
   with pytest.raises(ValueError, match="recipe"):
     _load_config("pretrain").get_config("recipe=huge")
+
+
+def test_pretrain_hidden_state_distillation_from_a_plain_encoder(corpus_dir, tmp_path):
+  """alpha=0, hidden_weight>0: a teacher with no MLM head (a plain encoder, like the MiniLM
+  checkpoint) guides pretraining through its hidden states, reading the unmasked text."""
+  from squeezebert.train import distill  # noqa: PLC0415
+  teacher_dir = tmp_path / "teacher"
+  cfg = _pretrain_cfg(corpus_dir, tmp_path)
+  tcfg = get_config(cfg.model.variant, vocab_size=cfg.model.vocab_size,
+                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  convert.save_pretrained(SqueezeBert(tcfg, head="base", rngs=nnx.Rngs(params=5)),
+                          str(teacher_dir))
+  # The student starts as an exact copy of the teacher's encoder, without dropout: had the
+  # teacher read the student's masked input, the first step's hidden loss would be exactly 0.
+  cfg = _pretrain_cfg(corpus_dir, tmp_path, num_train_steps=3, eval_every_steps=3,
+                      init_from=str(teacher_dir), distill__teacher=str(teacher_dir),
+                      distill__alpha=0.0, distill__hidden_weight=2.0,
+                      model__hidden_dropout_prob=0.0, model__attention_probs_dropout_prob=0.0)
+  trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
+  rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+  assert rows[0]["step"] == 1 and rows[0]["hidden_loss"] > 1e-4
+  for r in rows:
+    assert "kd_loss" not in r
+    assert r["loss"] == pytest.approx(r["task_loss"] + 2.0 * r["hidden_loss"], rel=1e-4)
+  # Teacher and student widths are equal: no projection is made.
+  assert "distill_projection" not in json.loads((tmp_path / "run" / "run.json").read_text())
+  assert distill.projection_of(convert.from_pretrained(str(tmp_path / "run"))) is None

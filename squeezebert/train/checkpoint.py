@@ -40,7 +40,7 @@ def write_run_file(workdir: str, run: dict) -> None:
       from squeezebert.model import ModelConfig  # noqa: PLC0415
       old["model"] = ModelConfig(**old["model"]).to_dict()
       run = dict(run, model=ModelConfig(**run["model"]).to_dict())
-    keys = ("model", "head", "num_labels", "task", "quant")
+    keys = ("model", "head", "num_labels", "task", "quant", "distill_projection")
     diff = [k for k in keys if old.get(k) != run.get(k)]
     if diff:
       raise ValueError(
@@ -152,9 +152,13 @@ def load_model_from_workdir(workdir: str, head: str | None = None,
   if run.get("quant"):  # a QAT run: its checkpoints may hold activation ranges too
     from squeezebert import quant  # noqa: PLC0415
     saved = quant.quantize_for_training(saved, quant.QuantConfig.from_dict(run["quant"]))
+  if run.get("distill_projection"):  # trained with a hidden-state projection: drop it below
+    from squeezebert.train import distill  # noqa: PLC0415
+    distill.attach_projection(saved, run["distill_projection"], seed=seed)
   model_state, _, _ = ck.restore(step, nnx.state(saved))
   nnx.update(saved, model_state)
-  if run.get("quant"):  # the float model with the QAT run's parameters
+  if run.get("quant") or run.get("distill_projection"):
+    # The plain float model with the run's parameters (no QAT wrappers, no projection).
     model = SqueezeBert(cfg, head=run["head"], num_labels=run["num_labels"],
                         rngs=nnx.Rngs(params=seed))
     load_params_into(model, flat_params(saved), source=workdir)

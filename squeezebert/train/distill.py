@@ -5,7 +5,14 @@ loss = (1 - alpha) * task_loss + alpha * T^2 * KL(softmax(t / T) || softmax(s / 
 (Hinton et al. 2015; the T^2 keeps gradient scale independent of T.) For regression heads the
 logit term is the MSE between student and teacher predictions. For MLM the KL runs over the
 masked positions only. Hidden-state transfer maps student layer i (of n) to teacher layer
-round(i * m / n) (embeddings = layer 0) and needs equal widths.
+round(i * m / n) (embeddings = layer 0); at unequal widths a learned projection (TinyBERT's
+W_h: one [H_student, H_teacher] linear map shared by the layers) carries the student's states to
+the teacher's width. It is trained with the student, lives on the model as
+`distill_projection` while training (so it is checkpointed and resumes), and is dropped when the
+model is loaded for use (`checkpoint.load_model_from_workdir`).
+With alpha = 0 and hidden_weight > 0 (hidden states only) the teacher may have any head, e.g. a
+plain HF encoder such as MiniLM as the teacher of MLM pretraining; for MLM tasks it then reads
+the unmasked text (the student learns the teacher's clean representations from masked input).
 
 The teacher is any checkpoint `convert.from_pretrained` reads (HF dir such as the MiniLM one,
 our model dir, a training workdir) with the student's head and label count. Its state is an
@@ -28,7 +35,12 @@ from squeezebert import convert
 class DistillConfig:
   alpha: float = 0.5          # weight of the teacher term; 1 - alpha on the task loss
   temperature: float = 2.0
-  hidden_weight: float = 0.0  # >0: MSE between mapped hidden states (equal widths only)
+  hidden_weight: float = 0.0  # >0: MSE between mapped hidden states (learned projection at
+                              # unequal widths)
+
+  @property
+  def hidden_only(self) -> bool:
+    return self.alpha == 0.0 and self.hidden_weight > 0
 
   def __post_init__(self):
     if not 0.0 <= self.alpha <= 1.0:
@@ -56,33 +68,77 @@ def _weighted_mean(x, w):
   return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def distill_terms(cfg: DistillConfig, head: str, student_out, teacher_out, batch) -> dict:
+PROJECTION_ATTR = "distill_projection"
+
+
+class HiddenProjection(nnx.Module):
+  """Student hidden states [..., Hs] -> the teacher's width [..., Ht] (one shared linear map)."""
+
+  def __init__(self, student_hidden: int, teacher_hidden: int, *, rngs: nnx.Rngs):
+    self.dense = nnx.Linear(student_hidden, teacher_hidden, rngs=rngs,
+                            kernel_init=nnx.initializers.lecun_normal())
+
+  def __call__(self, h):
+    return self.dense(h.astype(jnp.float32))
+
+
+def attach_projection(model, shape, seed: int = 0):
+  """Adds a trainable HiddenProjection of `shape` = (Hs, Ht) to `model` (in place)."""
+  hs, ht = (int(x) for x in shape)
+  if hs != model.config.hidden_size:
+    raise ValueError(f"distill projection of width {hs} does not fit a student of hidden size "
+                     f"{model.config.hidden_size}")
+  setattr(model, PROJECTION_ATTR, HiddenProjection(hs, ht, rngs=nnx.Rngs(params=seed + 7)))
+  return model
+
+
+def projection_of(model):
+  return getattr(model, PROJECTION_ATTR, None)
+
+
+def distill_terms(cfg: DistillConfig, head: str, student_out, teacher_out, batch,
+                  projection=None) -> dict:
   """The teacher terms (unweighted) for one batch."""
   w = batch["example_weight"]
-  if head == "regression":
-    kd = _weighted_mean(jnp.square(student_out.logits[:, 0].astype(jnp.float32)
-                                   - teacher_out.logits[:, 0].astype(jnp.float32)), w)
+  terms = {}
+  if cfg.hidden_only:
+    pass
+  elif head == "regression":
+    terms["kd_loss"] = _weighted_mean(jnp.square(
+        student_out.logits[:, 0].astype(jnp.float32)
+        - teacher_out.logits[:, 0].astype(jnp.float32)), w)
   elif head in ("mlm", "pretraining"):
-    kd = _weighted_mean(soft_cross_entropy_kl(student_out.logits, teacher_out.logits,
-                                              cfg.temperature), batch["mlm_weights"])
+    terms["kd_loss"] = _weighted_mean(soft_cross_entropy_kl(
+        student_out.logits, teacher_out.logits, cfg.temperature), batch["mlm_weights"])
   elif head in ("classification", "multiple_choice"):
-    kd = _weighted_mean(soft_cross_entropy_kl(student_out.logits, teacher_out.logits,
-                                              cfg.temperature), w)
+    terms["kd_loss"] = _weighted_mean(soft_cross_entropy_kl(
+        student_out.logits, teacher_out.logits, cfg.temperature), w)
   else:
     raise ValueError(f"logit distillation is not defined for head {head!r}")
-  terms = {"kd_loss": kd}
   if cfg.hidden_weight > 0:
-    hs, ht = student_out.hidden_states, teacher_out.hidden_states
-    mask = batch["attention_mask"].astype(jnp.float32)[..., None]
-    per = [jnp.sum(jnp.square(hs[i].astype(jnp.float32) - ht[j].astype(jnp.float32)) * mask)
-           / jnp.maximum(jnp.sum(mask) * hs[i].shape[-1], 1.0)
-           for i, j in enumerate(layer_map(len(hs) - 1, len(ht) - 1))]
-    terms["hidden_loss"] = sum(per) / len(per)
+    terms["hidden_loss"] = hidden_mse(student_out.hidden_states, teacher_out.hidden_states,
+                                      batch["attention_mask"], projection)
   return terms
 
 
+def hidden_mse(hs, ht, attention_mask, projection=None):
+  """Mean over the mapped layer pairs of the per-element MSE at real (unpadded) tokens."""
+  if hs[0].shape[-1] != ht[0].shape[-1] and projection is None:
+    raise ValueError(f"hidden widths differ (student {hs[0].shape[-1]}, teacher "
+                     f"{ht[0].shape[-1]}) and the model has no distill projection")
+  mask = attention_mask.astype(jnp.float32)[..., None]
+  per = []
+  for i, j in enumerate(layer_map(len(hs) - 1, len(ht) - 1)):
+    s = hs[i].astype(jnp.float32) if projection is None else projection(hs[i])
+    per.append(jnp.sum(jnp.square(s - ht[j].astype(jnp.float32)) * mask)
+               / jnp.maximum(jnp.sum(mask) * s.shape[-1], 1.0))
+  return sum(per) / len(per)
+
+
 def combine(cfg: DistillConfig, task_loss, terms: dict):
-  total = (1.0 - cfg.alpha) * task_loss + cfg.alpha * terms["kd_loss"]
+  total = (1.0 - cfg.alpha) * task_loss
+  if "kd_loss" in terms:
+    total = total + cfg.alpha * terms["kd_loss"]
   if "hidden_loss" in terms:
     total = total + cfg.hidden_weight * terms["hidden_loss"]
   return total
@@ -92,19 +148,24 @@ class Teacher:
   """A frozen teacher: graphdef + state, called inside the student's jitted step."""
 
   def __init__(self, path: str, head: str, num_labels: int, student_cfg, dtype: str,
-               hidden_weight: float = 0.0):
+               cfg: DistillConfig):
     model = convert.from_pretrained(path, dtype=dtype)  # the teacher's own head
-    if model.head != head or (head not in ("regression", "mlm", "pretraining")
-                              and model.num_labels != num_labels):
+    self.hidden_only = cfg.hidden_only
+    if self.hidden_only:
+      pass  # any head: only its hidden states are used
+    elif model.head != head or (head not in ("regression", "mlm", "pretraining")
+                                and model.num_labels != num_labels):
       raise ValueError(
           f"teacher {path} has head {model.head!r} with {model.num_labels} labels; the student "
           f"needs {head!r} with {num_labels}: fine-tune the teacher on the task first")
-    if head in ("mlm", "pretraining") and model.config.vocab_size != student_cfg.vocab_size:
+    if (not self.hidden_only and head in ("mlm", "pretraining")
+        and model.config.vocab_size != student_cfg.vocab_size):
       raise ValueError(f"MLM distillation needs equal vocabularies: teacher "
                        f"{model.config.vocab_size}, student {student_cfg.vocab_size}")
-    if hidden_weight > 0 and model.config.hidden_size != student_cfg.hidden_size:
-      raise ValueError(f"hidden-state transfer needs equal widths: teacher "
-                       f"{model.config.hidden_size}, student {student_cfg.hidden_size}")
+    # (Hs, Ht) of the learned projection hidden-state transfer needs, else None.
+    self.projection_shape = None
+    if cfg.hidden_weight > 0 and model.config.hidden_size != student_cfg.hidden_size:
+      self.projection_shape = (student_cfg.hidden_size, model.config.hidden_size)
     self.path, self.model = path, model
     self.graphdef, self.state = nnx.split(model)
     logging.info("teacher %s: %s, %d layers, hidden %d", path, model.head,
@@ -112,6 +173,8 @@ class Teacher:
 
   def __call__(self, state, inputs: tuple, kwargs: dict, output_hidden_states: bool):
     model = nnx.merge(self.graphdef, state)
+    if self.hidden_only:
+      kwargs = {}  # e.g. masked_positions: meant for the student's MLM head
     out = model(*inputs, deterministic=True, output_hidden_states=output_hidden_states,
                 **kwargs)
     return jax.tree.map(jax.lax.stop_gradient, out)

@@ -39,8 +39,12 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
     loss, aux = task.loss(out, batch)
     if teacher is not None:
       from squeezebert.train import distill  # noqa: PLC0415 (keeps steps import-light)
-      t_out = teacher(teacher_state, tuple(batch[k] for k in MODEL_INPUTS), kwargs, hidden)
-      terms = distill.distill_terms(distill_cfg, task.head, out, t_out, batch)
+      t_batch = batch
+      if teacher.hidden_only and "unmasked_input_ids" in batch:  # MLM: the clean text
+        t_batch = dict(batch, input_ids=batch["unmasked_input_ids"])
+      t_out = teacher(teacher_state, tuple(t_batch[k] for k in MODEL_INPUTS), kwargs, hidden)
+      terms = distill.distill_terms(distill_cfg, task.head, out, t_out, batch,
+                                    projection=distill.projection_of(model))
       aux = dict(aux, task_loss=loss, **terms)
       loss = distill.combine(distill_cfg, loss, terms)
     return loss, aux

@@ -93,7 +93,8 @@ class PretrainTask:
         mask_prob=self.p.mask_prob, whole_word=self.p.whole_word,
         max_predictions_per_seq=self._max_pred, **self._special)
     w = w * batch["example_weight"][:, None]
-    return dict(batch, input_ids=ids, masked_positions=pos, mlm_targets=tgt, mlm_weights=w)
+    return dict(batch, input_ids=ids, unmasked_input_ids=batch["input_ids"],
+                masked_positions=pos, mlm_targets=tgt, mlm_weights=w)
 
   def model_kwargs(self, batch):
     return {"masked_positions": batch["masked_positions"]}

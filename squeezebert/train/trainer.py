@@ -60,9 +60,7 @@ def _validate(config):
   if config.get("step_delay_secs", 0.0) < 0:
     raise ValueError(f"config.step_delay_secs must be >= 0, got {config.step_delay_secs}")
   if config.distill.teacher:
-    from squeezebert.train import distill  # noqa: PLC0415
-    distill.DistillConfig(alpha=config.distill.alpha, temperature=config.distill.temperature,
-                          hidden_weight=config.distill.hidden_weight)  # raises on bad values
+    _distill_config(config)  # raises on bad values
     if not os.path.isdir(config.distill.teacher):
       raise FileNotFoundError(f"config.distill.teacher={config.distill.teacher!r} is not a "
                               "directory (an HF dir, one of our model dirs or a workdir)")
@@ -176,6 +174,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   qcfg = quant_config(config)
   if qcfg.enabled:  # absent for float runs (older workdirs have no such key either)
     run["quant"] = {k: v for k, v in qcfg.to_dict().items() if k != "calib_batches"}
+  teacher = None
+  if config.mode == "train" and config.distill.teacher:
+    teacher = _load_teacher(config, task, model)
+    projection = teacher.projection_shape
+  else:  # eval/predict of a run that trained a projection: its checkpoints hold it
+    old = (ckpt_lib.read_run_file(workdir)
+           if os.path.exists(os.path.join(workdir, ckpt_lib.RUN_FILE)) else {})
+    projection = old.get("distill_projection")
+  if projection:
+    from squeezebert.train import distill  # noqa: PLC0415
+    distill.attach_projection(model, projection, seed=config.seed)
+    run["distill_projection"] = list(projection)
+    logging.info("hidden-state transfer through a learned projection %s", tuple(projection))
   ckpt_lib.write_run_file(workdir, run)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                best_metric=task.main_metric, best_mode=task.metric_mode)
@@ -183,12 +194,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     if config.mode != "train":
       return _eval_or_predict(config, workdir, task, model, ckpts, mesh)
-    return _train(config, workdir, task, model, ckpts, mesh)
+    return _train(config, workdir, task, model, ckpts, mesh, teacher)
   finally:
     ckpts.close()
 
 
-def _train(config, workdir, task, model, ckpts, mesh) -> dict:
+def _distill_config(config):
+  from squeezebert.train import distill  # noqa: PLC0415
+  return distill.DistillConfig(alpha=config.distill.alpha,
+                               temperature=config.distill.temperature,
+                               hidden_weight=config.distill.hidden_weight)
+
+
+def _load_teacher(config, task, model):
+  from squeezebert.train import distill  # noqa: PLC0415
+  return distill.Teacher(config.distill.teacher, task.head, task.num_labels, model.config,
+                         config.dtype, _distill_config(config))
+
+
+def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
   final_path = os.path.join(workdir, FINAL_FILE)
 
   t0 = time.time()
@@ -223,14 +247,9 @@ def _train(config, workdir, task, model, ckpts, mesh) -> dict:
   # The config of the run that trains this workdir (eval/predict and finished reruns keep it).
   ckpt_lib.write_train_config(workdir, config)
 
-  teacher, teacher_state, dcfg = None, None, None
-  if config.distill.teacher:
-    from squeezebert.train import distill  # noqa: PLC0415
-    dcfg = distill.DistillConfig(alpha=config.distill.alpha,
-                                 temperature=config.distill.temperature,
-                                 hidden_weight=config.distill.hidden_weight)
-    teacher = distill.Teacher(config.distill.teacher, task.head, task.num_labels, model.config,
-                              config.dtype, dcfg.hidden_weight)
+  teacher_state, dcfg = None, None
+  if teacher is not None:
+    dcfg = _distill_config(config)
     teacher_state = jax.device_put(teacher.state, mesh.replicated)
   train_step = steps_lib.make_train_step(graphdef, task, lr, config.grad_accum_steps,
                                          teacher=teacher, distill_cfg=dcfg)
