@@ -17,6 +17,12 @@ Arguments (after the colon, comma-separated):
   phase     paper recipe: 1 = 56k steps at length 128, 2 = 6k steps at length 512 (set
             --config.init_from to the phase-1 workdir: weights carry over, LAMB restarts)
   accum     gradient-accumulation steps, so that 8192 / accum sequences fit in memory per update
+  teacher   optional encoder checkpoint (HF dir such as MiniLM, our dir or a workdir, any head):
+            adds hidden-state distillation to MLM + SOP (alpha 0, hidden_weight 1: the
+            student's mapped hidden states, through a learned projection at unequal widths,
+            regress the teacher's states on the unmasked text; TinyBERT-style general
+            distillation). E.g. on CPU:
+              --config=configs/pretrain.py:recipe=cpu,teacher=<minilm model dir>
 Paper recipe: LAMB, global batch 8192, lr 2.5e-3, warmup 28% of the steps, weight decay 0.01,
 bf16 compute, 15% masking (80/10/10), SOP on segment pairs packed to the max length.
 Data: config.data.corpus is a TFDS text dataset with a "text" feature (wikipedia/..., c4/en) or
@@ -31,7 +37,7 @@ from squeezebert import configlib as common
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, recipe="cpu", variant="", phase=1, accum=1)
+  a = common.parse_arg(arg, recipe="cpu", variant="", phase=1, accum=1, teacher="")
   if a.recipe not in ("paper", "cpu", "runlocal"):
     raise ValueError(f"unknown recipe {a.recipe!r}; use paper | cpu | runlocal")
   if a.phase not in (1, 2):
@@ -50,6 +56,10 @@ def get_config(arg=None):
   ))
   c.optimizer = "lamb"
   c.weight_decay = 0.01
+  if a.teacher:
+    c.distill.teacher = a.teacher
+    c.distill.alpha = 0.0         # no MLM-logit term: the teacher needs no MLM head
+    c.distill.hidden_weight = 1.0
   if a.recipe == "paper":
     c.model.variant = a.variant or "squeezebert-base"
     c.dtype = "bfloat16"

@@ -66,6 +66,7 @@ from flax import nnx
 
 from squeezebert.model import build_model, get_config, param_count
 from squeezebert.model.config import ModelConfig
+from squeezebert.model.layers import GROUPED_LAYOUTS, GroupedProjection, set_grouped_layout
 
 # The issue's target on a 2-core CPU, seq 128, fp32, batch 32.
 TARGET_RATIO = 0.40
@@ -254,9 +255,11 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
                   dtype: str = "float32", *, param_dtype: str | None = None,
                   layers: int | None = None, head: str = "base", warmup: int = 2,
                   iters: int = 5, seed: int = 0, init: str = "fast",
-                  quant: str | None = None, cfg: ModelConfig | None = None) -> dict:
+                  quant: str | None = None, cfg: ModelConfig | None = None,
+                  layout: str = "auto") -> dict:
   """Build, compile and time one model; returns a JSON-able dict. quant='int8' (or 'w4a8',
-  'w8'): the int8 model converted from the float one (float32 activations between matmuls)."""
+  'w8'): the int8 model converted from the float one (float32 activations between matmuls).
+  layout: how grouped projections run (squeezebert.model.layers.GROUPED_LAYOUTS)."""
   if warmup < 0 or iters < 1:
     raise ValueError(f"need warmup >= 0 and iters >= 1, got {warmup}, {iters}")
   qcfg = quant_config(quant)
@@ -269,6 +272,8 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
     raise ValueError(f"seq {seq} > max_position_embeddings {cfg.max_position_embeddings}")
   env = environment()
   graphdef, state, n_params = model_state(cfg, head, seed, init)
+  if layout != "auto":
+    graphdef, state = nnx.split(set_grouped_layout(nnx.merge(graphdef, state), layout))
   if qcfg is not None:
     graphdef, state = int8_state(graphdef, state, qcfg)
   forward = make_forward(graphdef)
@@ -288,6 +293,7 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
   batch_flops = fl["total"] * batch
   res = dict(
       variant=variant, head=head, batch=batch, seq=seq,
+      grouped_layout=grouped_layouts(graphdef, state),
       quant=qcfg.tag if qcfg is not None else None,
       dtype=cfg.to_dict()["dtype"], param_dtype=cfg.to_dict()["param_dtype"],
       num_layers=cfg.num_hidden_layers, params=int(n_params), init=init,
@@ -312,6 +318,12 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
       load_avg_after=list(os.getloadavg()),
       **env)
   return res
+
+
+def grouped_layouts(graphdef, state) -> list[str]:
+  """The layouts the grouped (G > 1) projections of a model run with ([] if it has none)."""
+  return sorted({m.resolved_layout() for _, m in nnx.iter_graph(nnx.merge(graphdef, state))
+                 if isinstance(m, GroupedProjection) and m.groups > 1})
 
 
 def compare(batch: int = 32, seq: int = 128, dtype: str = "float32",
@@ -386,7 +398,9 @@ def summary(r: dict) -> str:
   q = f" quant {r['quant']}" if r.get("quant") else ""
   return (f"{r['variant']} [{r['head']}] {r['backend']}:{r['device_kind']} jax {r['jax_version']} "
           f"{r['dtype']}/{r['param_dtype']}{q} batch {r['batch']} seq {r['seq']} "
-          f"layers {r['num_layers']}\n"
+          f"layers {r['num_layers']}"
+          + (f" grouped layout {'/'.join(r['grouped_layout'])}" if r.get("grouped_layout")
+             else "") + "\n"
           f"  params {r['params']:,}  analytic {r['flops_analytic']['per_seq'] / 1e9:.3f} "
           f"GFLOPs/seq ({r['flops_analytic']['per_batch'] / 1e9:.1f}/batch)"
           + (f"  XLA {xf / 1e9:.3f} GFLOPs/seq" if xf is not None else "") + "\n"
@@ -404,7 +418,7 @@ def main(argv):
   del argv
   F = flags.FLAGS
   kw = dict(param_dtype=F.param_dtype, layers=F.layers, head=F.head, warmup=F.warmup,
-            iters=F.iters, seed=F.seed, init=F.init)
+            iters=F.iters, seed=F.seed, init=F.init, layout=F.layout)
   if F.quant != "none" and F.compare:
     raise app.UsageError("--quant and --compare are separate comparisons: give one")
   if F.quant != "none":
@@ -449,6 +463,8 @@ def _define_flags():
   flags.DEFINE_enum("quant", "none", sorted(QUANT),
                     "int8 (w8a8) | w4a8 | w8: fp32, bf16 and this quantized model of --variant "
                     "side by side (latency and size on disk)")
+  flags.DEFINE_enum("layout", "auto", list(GROUPED_LAYOUTS),
+                    "grouped projections: auto (split on CPU, einsum elsewhere) | einsum | split")
   flags.DEFINE_string("json", None, "write the result dict here")
 
 

@@ -146,6 +146,40 @@ def test_grouped_projection_is_block_diagonal():
       assert (np.abs(block).max() > 0) == (i == j)
 
 
+def test_grouped_layouts_agree():
+  """split (G sliced 2-D dots, the CPU default) and einsum (one group-major batched einsum)
+  are the same math: projections, the group-major FFN chain, a whole model and its
+  gradients; the layout is static graph data, not a parameter."""
+  from squeezebert.model.layers import set_grouped_layout
+  p = _proj(32, 48, 4, seed=3)
+  x = jax.random.normal(jax.random.key(4), (2, 7, 32))
+  ys = {}
+  for layout in ("einsum", "split"):
+    p.layout = layout
+    ys[layout] = np.asarray(p(x))
+    gm = p(x, group_major_out=True)
+    assert isinstance(gm, tuple) == (layout == "split")
+  np.testing.assert_allclose(ys["split"], ys["einsum"], atol=1e-6, rtol=0)
+  with pytest.raises(ValueError, match="unknown grouped layout"):
+    GroupedProjection(8, 8, 2, cfg=get_config("tiny"), rngs=nnx.Rngs(0), layout="conv")
+  cfg = get_config("tiny", num_hidden_layers=2, hidden_dropout_prob=0.0,
+                   attention_probs_dropout_prob=0.0)
+  model = SqueezeBert(cfg, head="classification", rngs=nnx.Rngs(params=0))
+  ids = jax.random.randint(jax.random.key(1), (3, 9), 0, cfg.vocab_size)
+  mask = jnp.ones_like(ids).at[0, 6:].set(0)
+  outs, grads = {}, {}
+  for layout in ("einsum", "split"):
+    set_grouped_layout(model, layout)
+    outs[layout] = model(ids, mask, deterministic=True)
+    grads[layout] = nnx.grad(lambda m: m(ids, mask, deterministic=True).logits.sum())(model)
+  for k in ("last_hidden_state", "pooler_output", "logits"):
+    np.testing.assert_allclose(getattr(outs["split"], k), getattr(outs["einsum"], k),
+                               atol=1e-5, rtol=0)
+  for a, b in zip(jax.tree.leaves(grads["split"]), jax.tree.leaves(grads["einsum"])):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  set_grouped_layout(model, "auto")
+
+
 # ------------------------------------------------------------------ padding and dropout
 @pytest.fixture(scope="module")
 def tiny_model():

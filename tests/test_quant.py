@@ -103,7 +103,8 @@ def test_qwix_projection_matches_hand_formula(groups):
   """One grouped projection through qwix QAT = fake_quant(x per token and group) times
   fake_quant(kernel per output channel), written out by hand."""
   cfg = CFG.replace(post_attention_groups=groups)
-  proj = GroupedProjection(32, 48, groups, cfg=cfg, rngs=nnx.Rngs(params=1))
+  # einsum layout: what squeezebert.quant sets before handing a model to qwix.
+  proj = GroupedProjection(32, 48, groups, cfg=cfg, rngs=nnx.Rngs(params=1), layout="einsum")
   x = jax.random.normal(jax.random.key(0), (3, 5, 32)) * jnp.linspace(0.1, 3.0, 32)
   rule = qwix.QtRule(module_path=".*", weight_qtype=jnp.int8, act_qtype=jnp.int8)
   got = qwix.quantize_model(proj, qwix.QtProvider([rule]), x)(x)

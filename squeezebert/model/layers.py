@@ -29,6 +29,9 @@ def activation(name: str):
   raise ValueError(f"unsupported activation {name!r}")
 
 
+GROUPED_LAYOUTS = ("auto", "einsum", "split")
+
+
 class GroupedProjection(nnx.Module):
   """A grouped 1x1 convolution written as a grouped einsum.
 
@@ -36,23 +39,41 @@ class GroupedProjection(nnx.Module):
   exactly PyTorch Conv1d/`lax.conv_general_dilated(feature_group_count=G)` semantics).
   G = 1 is a dense layer. The einsum is called on `self.kernel` inside this module's own
   `__call__`, so qwix recognises it as the weight operand.
+
+  `layout` picks how G > 1 is computed (same values, bit for bit):
+    einsum  one group-major batched einsum [G, ..., I] x [G, I, O] (what qwix quantizes;
+            squeezebert.quant sets it on every projection it touches);
+    split   G plain 2-D dots on the G input slices (XLA:CPU: each is one large GEMM;
+            measured faster than the batched form on CPU, see squeezebert/bench.py);
+    auto    split on the CPU backend, einsum elsewhere.
   """
 
-  def __init__(self, cin: int, cout: int, groups: int, *, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cin: int, cout: int, groups: int, *, cfg: ModelConfig, rngs: nnx.Rngs,
+               layout: str = "auto"):
     if cin % groups or cout % groups:
       raise ValueError(f"groups={groups} must divide cin={cin} and cout={cout}")
-    self.groups, self.cin, self.cout = groups, cin, cout
+    if layout not in GROUPED_LAYOUTS:
+      raise ValueError(f"unknown grouped layout {layout!r}; use one of {GROUPED_LAYOUTS}")
+    self.groups, self.cin, self.cout, self.layout = groups, cin, cout, layout
     self.dtype = resolve_dtype(cfg.dtype)
     pdt = resolve_dtype(cfg.param_dtype)
     self.kernel = nnx.Param(normal_init(cfg.initializer_range)(
         rngs.params(), (groups, cin // groups, cout // groups), pdt))
     self.bias = nnx.Param(jnp.zeros((cout,), pdt))
 
-  def __call__(self, x: jax.Array, *, group_major_in: bool = False,
-               group_major_out: bool = False) -> jax.Array:
-    """x is [..., Cin], or [G, ..., Cin/G] with group_major_in; the result is [..., Cout], or
-    [G, ..., Cout/G] with group_major_out (G > 1 only). Chaining two projections with equal
-    groups group-major skips the transposes of the big FFN intermediate in between."""
+  def resolved_layout(self) -> str:
+    if self.groups == 1:
+      return "einsum"
+    if self.layout == "auto":
+      return "split" if jax.default_backend() == "cpu" else "einsum"
+    return self.layout
+
+  def __call__(self, x, *, group_major_in: bool = False, group_major_out: bool = False):
+    """x is [..., Cin], or group-major with group_major_in; the result is [..., Cout], or
+    group-major with group_major_out (G > 1 only). Group-major is [G, ..., C/G] (einsum
+    layout) or a tuple of G arrays [..., C/G] (split layout); either is accepted as input.
+    Chaining two projections with equal groups group-major skips the transposes (einsum) or
+    the slicing and concatenation (split) of the big FFN intermediate in between."""
     g = self.groups
     # The kernel goes into the einsum as the Param's own array (cast only when the dtypes
     # differ, never sliced): qwix finds its weight operand by identity with the module's
@@ -61,28 +82,50 @@ class GroupedProjection(nnx.Module):
     kernel = self.kernel[...]
     if kernel.dtype != self.dtype:
       kernel = kernel.astype(self.dtype)
-    x = x.astype(self.dtype)
+    bias = self.bias[...].astype(self.dtype)
     if g == 1:
       if group_major_in or group_major_out:
         raise ValueError("group-major layout needs groups > 1")
       # The size-1 group axis of the kernel is a free output axis: the same dot (and the
       # same compiled HLO) as '...i,io->...o' with kernel[0].
-      y = jnp.einsum("...i,gio->...go", x, kernel)
-      return y.reshape(*y.shape[:-2], self.cout) + self.bias[...].astype(self.dtype)
+      y = jnp.einsum("...i,gio->...go", x.astype(self.dtype), kernel)
+      return y.reshape(*y.shape[:-2], self.cout) + bias
+    if self.resolved_layout() == "split":
+      return self._split(x, kernel, bias, group_major_in, group_major_out)
     # Group-major batched matmul: same math as '...gi,gio->...go', which XLA:CPU runs as
     # a transposed kernel @ x^T dot on its slow generic path; [G, ..., I] x [G, I, O]
-    # hits the fast GEMM (~1.3x whole model on CPU, see squeezebert/bench.py). x keeps
-    # its [B, L] axes so qwix's shape heuristic can never mistake it for the kernel.
+    # hits the fast GEMM. x keeps its [B, L] axes so qwix's shape heuristic can never
+    # mistake it for the kernel.
     if group_major_in:
-      x_GxBxLxI = x
+      x_GxBxLxI = jnp.stack(x) if isinstance(x, (tuple, list)) else x
     else:
       x_GxBxLxI = jnp.moveaxis(x.reshape(*x.shape[:-1], g, self.cin // g), -2, 0)
-    y_GxBxLxO = jnp.einsum("g...i,gio->g...o", x_GxBxLxI, kernel)
-    bias_GxO = self.bias[...].astype(self.dtype).reshape(g, self.cout // g)
+    y_GxBxLxO = jnp.einsum("g...i,gio->g...o", x_GxBxLxI.astype(self.dtype), kernel)
+    bias_GxO = bias.reshape(g, self.cout // g)
     if group_major_out:
       return y_GxBxLxO + bias_GxO.reshape(g, *([1] * (y_GxBxLxO.ndim - 2)), -1)
     lead = y_GxBxLxO.shape[1:-1]
     return jnp.moveaxis(y_GxBxLxO, 0, -2).reshape(*lead, self.cout) + bias_GxO.reshape(-1)
+
+  def _split(self, x, kernel, bias, group_major_in, group_major_out):
+    g, ci, co = self.groups, self.cin // self.groups, self.cout // self.groups
+    if group_major_in:
+      xs = tuple(x) if isinstance(x, (tuple, list)) else tuple(x[i] for i in range(g))
+    else:
+      xs = tuple(x[..., i * ci:(i + 1) * ci] for i in range(g))
+    ys = tuple(jnp.dot(xs[i].astype(self.dtype), kernel[i]) + bias[i * co:(i + 1) * co]
+               for i in range(g))
+    return ys if group_major_out else jnp.concatenate(ys, axis=-1)
+
+
+def set_grouped_layout(model, layout: str):
+  """Sets `layout` on every GroupedProjection of `model` (in place); returns the model."""
+  if layout not in GROUPED_LAYOUTS:
+    raise ValueError(f"unknown grouped layout {layout!r}; use one of {GROUPED_LAYOUTS}")
+  for _, m in nnx.iter_graph(model):
+    if isinstance(m, GroupedProjection):
+      m.layout = layout
+  return model
 
 
 def layer_norm(dim: int, eps: float, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -212,7 +255,9 @@ class ProjActivation(nnx.Module):
     self.act = cfg.hidden_act  # a name, not a function: keeps the graphdef hashable/comparable
 
   def __call__(self, x, *, group_major_out=False):
-    return activation(self.act)(self.proj(x, group_major_out=group_major_out))
+    y = self.proj(x, group_major_out=group_major_out)
+    act = activation(self.act)
+    return tuple(map(act, y)) if isinstance(y, tuple) else act(y)
 
 
 class SeqConv(nnx.Module):

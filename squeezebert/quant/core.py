@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -27,6 +28,7 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from squeezebert.model import ModelConfig, SqueezeBert
+from squeezebert.model.layers import GroupedProjection, set_grouped_layout
 from squeezebert.quant import fake
 from squeezebert.quant.config import QuantConfig, act_batch_axes, rule_specs
 
@@ -145,9 +147,25 @@ def _embeddings_bits(qcfg: QuantConfig) -> int:
   return qcfg.act_bits if "embeddings" in qcfg.modules else 0
 
 
+@contextlib.contextmanager
+def einsum_layout(model):
+  """qwix quantizes the one grouped einsum per projection (the CPU default splits it into G
+  sliced dots, which qwix would not see as weight dots): einsum layout while quantizing;
+  `model` gets its own layout back afterwards."""
+  grouped = [(m, m.layout) for _, m in nnx.iter_graph(model) if isinstance(m, GroupedProjection)]
+  set_grouped_layout(model, "einsum")
+  try:
+    yield model
+  finally:
+    for m, layout in grouped:
+      m.layout = layout
+
+
 def _quantize(model, provider, head):
+  """`model` must be in einsum layout (`einsum_layout`); so is the quantized copy."""
   qwix = _qwix()
   out = qwix.quantize_model(model, provider, *dummy_inputs(head), deterministic=True)
+  set_grouped_layout(out, "einsum")
   unused = provider.get_unused_rules()
   if unused:
     logging.warning("quantization rules that matched no module (nothing quantized there): %s",
@@ -166,7 +184,8 @@ def quantize_for_training(model: SqueezeBert, qcfg: QuantConfig, *, oracle: bool
   # qwix's initialising forward pass, traced abstractly (eagerly it compiles every op of
   # the model one by one); then the float model's arrays go back in and the static-range
   # statistics (qwix QuantStat: count + sums) start at zero, as qwix initialises them.
-  qmodel = nnx.eval_shape(lambda: _quantize(model, provider, model.head))
+  with einsum_layout(model):
+    qmodel = nnx.eval_shape(lambda: _quantize(model, provider, model.head))
   qmodel.transformer.embeddings.output_quant_bits = _embeddings_bits(qcfg)
   src = dict(nnx.to_flat_state(nnx.state(model)))
   state = nnx.state(qmodel)
@@ -250,6 +269,7 @@ def _int8_skeleton(cfg: ModelConfig, head: str, num_labels: int, qcfg: QuantConf
     rows, dim = getattr(emb, name).shape
     setattr(emb, name, QuantizedTable.abstract(rows, dim))
   emb.output_quant_bits = _embeddings_bits(qcfg)
+  set_grouped_layout(model, "einsum")
   return _quantize(model, _ptq_provider(ptq_rules(qcfg, cfg, head)), head)
 
 
