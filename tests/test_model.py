@@ -289,3 +289,34 @@ def test_config_presets_and_roundtrip():
   for name in squeezebert.PRESETS:
     cfg = get_config(name)
     assert ModelConfig(**cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+def test_batch_chunked_inference_matches_whole_batch():
+  """Deterministic calls on a single CPU device run the layers on chunks of sequences
+  (lax.map); the values, hidden states and gradients equal the unchunked ones."""
+  cfg = get_config("tiny", num_hidden_layers=2)
+  model = SqueezeBert(cfg, head="classification", rngs=nnx.Rngs(params=0))
+  enc = model.transformer
+  # "auto" chunks only on a single CPU device (the tests run with several).
+  assert enc.chunk_size(64) == (8 if jax.device_count() == 1 else 0)
+  enc.batch_chunk = 8
+  assert [enc.chunk_size(b) for b in (4, 8, 16, 12, 7, 18)] == [0, 0, 8, 6, 0, 6]
+  enc.batch_chunk = 0
+  assert enc.chunk_size(64) == 0
+  ids = jax.random.randint(jax.random.key(0), (16, 9), 0, cfg.vocab_size)
+  mask = jnp.ones_like(ids).at[3, 5:].set(0)
+  fn = lambda m: m(ids, mask, deterministic=True, output_hidden_states=True)
+  grad = lambda m: nnx.grad(lambda mm: fn(mm).logits.sum())(m)
+  whole, g_whole = fn(model), grad(model)
+  enc.batch_chunk = 8
+  chunked, g_chunked = fn(model), grad(model)
+  np.testing.assert_allclose(chunked.logits, whole.logits, atol=1e-6, rtol=0)
+  for a, b in zip(chunked.hidden_states, whole.hidden_states):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+  for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_whole)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  # Dropout (train mode) never chunks: its RNG stream stays that of the whole batch.
+  r1 = model(ids, mask, rngs=jax.random.key(3), deterministic=False).logits
+  enc.batch_chunk = 0
+  r2 = model(ids, mask, rngs=jax.random.key(3), deterministic=False).logits
+  np.testing.assert_array_equal(r1, r2)

@@ -29,6 +29,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from squeezebert.model import ModelConfig, SqueezeBert
 from squeezebert.model.layers import GroupedProjection, set_grouped_layout
+from squeezebert.model.model import Encoder
 from squeezebert.quant import fake
 from squeezebert.quant.config import QuantConfig, act_batch_axes, rule_specs
 
@@ -147,25 +148,36 @@ def _embeddings_bits(qcfg: QuantConfig) -> int:
   return qcfg.act_bits if "embeddings" in qcfg.modules else 0
 
 
+def plain_compute(model):
+  """What qwix needs (in place): one grouped einsum per projection (the CPU default splits it
+  into G sliced dots, which qwix would not see as weight dots) and no batch chunking (a
+  lax.map body would hide the layers from qwix's interception and its statistics)."""
+  set_grouped_layout(model, "einsum")
+  for _, m in nnx.iter_graph(model):
+    if isinstance(m, Encoder):
+      m.batch_chunk = 0
+  return model
+
+
 @contextlib.contextmanager
 def einsum_layout(model):
-  """qwix quantizes the one grouped einsum per projection (the CPU default splits it into G
-  sliced dots, which qwix would not see as weight dots): einsum layout while quantizing;
-  `model` gets its own layout back afterwards."""
-  grouped = [(m, m.layout) for _, m in nnx.iter_graph(model) if isinstance(m, GroupedProjection)]
-  set_grouped_layout(model, "einsum")
+  """plain_compute while quantizing; `model` gets its own settings back afterwards."""
+  saved = [(m, name, getattr(m, name)) for _, m in nnx.iter_graph(model)
+           for name in ("layout", "batch_chunk")
+           if isinstance(m, (GroupedProjection, Encoder)) and hasattr(m, name)]
+  plain_compute(model)
   try:
     yield model
   finally:
-    for m, layout in grouped:
-      m.layout = layout
+    for m, name, value in saved:
+      setattr(m, name, value)
 
 
 def _quantize(model, provider, head):
-  """`model` must be in einsum layout (`einsum_layout`); so is the quantized copy."""
+  """`model` must be in plain_compute settings (`einsum_layout`); so is the quantized copy."""
   qwix = _qwix()
   out = qwix.quantize_model(model, provider, *dummy_inputs(head), deterministic=True)
-  set_grouped_layout(out, "einsum")
+  plain_compute(out)
   unused = provider.get_unused_rules()
   if unused:
     logging.warning("quantization rules that matched no module (nothing quantized there): %s",
@@ -269,7 +281,7 @@ def _int8_skeleton(cfg: ModelConfig, head: str, num_labels: int, qcfg: QuantConf
     rows, dim = getattr(emb, name).shape
     setattr(emb, name, QuantizedTable.abstract(rows, dim))
   emb.output_quant_bits = _embeddings_bits(qcfg)
-  set_grouped_layout(model, "einsum")
+  plain_compute(model)
   return _quantize(model, _ptq_provider(ptq_rules(qcfg, cfg, head)), head)
 
 
