@@ -256,10 +256,11 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
                   layers: int | None = None, head: str = "base", warmup: int = 2,
                   iters: int = 5, seed: int = 0, init: str = "fast",
                   quant: str | None = None, cfg: ModelConfig | None = None,
-                  layout: str = "auto") -> dict:
+                  layout: str = "auto", batch_chunk: str | int = "auto") -> dict:
   """Build, compile and time one model; returns a JSON-able dict. quant='int8' (or 'w4a8',
   'w8'): the int8 model converted from the float one (float32 activations between matmuls).
-  layout: how grouped projections run (squeezebert.model.layers.GROUPED_LAYOUTS)."""
+  layout: how grouped projections run (squeezebert.model.layers.GROUPED_LAYOUTS);
+  batch_chunk: sequences per chunk of the layer stack (Encoder.batch_chunk: "auto" | 0 | N)."""
   if warmup < 0 or iters < 1:
     raise ValueError(f"need warmup >= 0 and iters >= 1, got {warmup}, {iters}")
   qcfg = quant_config(quant)
@@ -272,8 +273,10 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
     raise ValueError(f"seq {seq} > max_position_embeddings {cfg.max_position_embeddings}")
   env = environment()
   graphdef, state, n_params = model_state(cfg, head, seed, init)
-  if layout != "auto":
-    graphdef, state = nnx.split(set_grouped_layout(nnx.merge(graphdef, state), layout))
+  if layout != "auto" or batch_chunk != "auto":
+    model = set_grouped_layout(nnx.merge(graphdef, state), layout)
+    model.transformer.batch_chunk = batch_chunk
+    graphdef, state = nnx.split(model)
   if qcfg is not None:
     graphdef, state = int8_state(graphdef, state, qcfg)
   forward = make_forward(graphdef)
@@ -289,11 +292,21 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
   med = float(np.median(times))
   p10, p90 = (float(x) for x in np.percentile(times, [10, 90]))
   fl = analytic_flops(cfg, seq)
-  xla = xla_cost(compiled)
+  chunk = nnx.merge(graphdef, state).transformer.chunk_size(batch)
+  if chunk:
+    # XLA's cost analysis counts a while-loop body (the lax.map over chunks) once: take the
+    # FLOPs of the same model compiled without chunking.
+    whole = nnx.merge(graphdef, state)
+    whole.transformer.batch_chunk = 0
+    whole_graphdef, whole_state = nnx.split(whole)
+    xla = xla_cost(make_forward(whole_graphdef).lower(whole_state, *args[1:]).compile())
+  else:
+    xla = xla_cost(compiled)
   batch_flops = fl["total"] * batch
   res = dict(
       variant=variant, head=head, batch=batch, seq=seq,
       grouped_layout=grouped_layouts(graphdef, state),
+      batch_chunk=chunk,
       quant=qcfg.tag if qcfg is not None else None,
       dtype=cfg.to_dict()["dtype"], param_dtype=cfg.to_dict()["param_dtype"],
       num_layers=cfg.num_hidden_layers, params=int(n_params), init=init,
@@ -400,7 +413,8 @@ def summary(r: dict) -> str:
           f"{r['dtype']}/{r['param_dtype']}{q} batch {r['batch']} seq {r['seq']} "
           f"layers {r['num_layers']}"
           + (f" grouped layout {'/'.join(r['grouped_layout'])}" if r.get("grouped_layout")
-             else "") + "\n"
+             else "")
+          + (f" batch chunks of {r['batch_chunk']}" if r.get("batch_chunk") else "") + "\n"
           f"  params {r['params']:,}  analytic {r['flops_analytic']['per_seq'] / 1e9:.3f} "
           f"GFLOPs/seq ({r['flops_analytic']['per_batch'] / 1e9:.1f}/batch)"
           + (f"  XLA {xf / 1e9:.3f} GFLOPs/seq" if xf is not None else "") + "\n"
@@ -418,7 +432,8 @@ def main(argv):
   del argv
   F = flags.FLAGS
   kw = dict(param_dtype=F.param_dtype, layers=F.layers, head=F.head, warmup=F.warmup,
-            iters=F.iters, seed=F.seed, init=F.init, layout=F.layout)
+            iters=F.iters, seed=F.seed, init=F.init, layout=F.layout,
+            batch_chunk=F.batch_chunk if F.batch_chunk == "auto" else int(F.batch_chunk))
   if F.quant != "none" and F.compare:
     raise app.UsageError("--quant and --compare are separate comparisons: give one")
   if F.quant != "none":
@@ -465,6 +480,9 @@ def _define_flags():
                     "side by side (latency and size on disk)")
   flags.DEFINE_enum("layout", "auto", list(GROUPED_LAYOUTS),
                     "grouped projections: auto (split on CPU, einsum elsewhere) | einsum | split")
+  flags.DEFINE_string("batch_chunk", "auto",
+                      "sequences per chunk of the layer stack: auto (8 on one CPU device, else "
+                      "off) | 0 (whole batch) | N")
   flags.DEFINE_string("json", None, "write the result dict here")
 
 

@@ -83,3 +83,16 @@ def test_cli_writes_json(tmp_path):
                   "--json", str(path)], check=True, capture_output=True, timeout=120)
   r = json.loads(path.read_text())
   assert r["variant"] == "tiny" and r["num_layers"] == 1 and r["batch"] == 1
+
+
+def test_layout_and_batch_chunk_options():
+  """--layout / --batch_chunk are recorded; a chunked run reports the XLA FLOPs of the whole
+  batch (cost analysis would count the lax.map body once)."""
+  whole = bench.run_benchmark("tiny", batch=8, seq=16, warmup=0, iters=1, batch_chunk=0,
+                              layout="einsum")
+  chunked = bench.run_benchmark("tiny", batch=8, seq=16, warmup=0, iters=1, batch_chunk=4,
+                                layout="split")
+  assert (whole["batch_chunk"], chunked["batch_chunk"]) == (0, 4)
+  assert (whole["grouped_layout"], chunked["grouped_layout"]) == (["einsum"], ["split"])
+  assert chunked["flops_xla"]["per_batch"] == pytest.approx(whole["flops_xla"]["per_batch"],
+                                                           rel=0.05)

@@ -88,6 +88,8 @@ class Encoder(nnx.Module):
     c = self.batch_chunk
     if c == "auto":  # one CPU device (a sharded batch would be serialised across devices)
       c = CPU_BATCH_CHUNK if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
+    if not isinstance(c, int) or c < 0:
+      raise ValueError(f"Encoder.batch_chunk must be 'auto' or an int >= 0, got {c!r}")
     if not c or not isinstance(batch, int) or batch <= c:
       return 0
     d = c
