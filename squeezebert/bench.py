@@ -5,6 +5,7 @@
         [--layers N] [--head base]
     python -m squeezebert.bench --compare --batch 32 --seq 128 --json cmp.json
     python -m squeezebert.bench --variant squeezebert-base --quant int8 --batch 32 --seq 128
+    python -m squeezebert.bench --variant squeezebert-base --paths_rounds 10  # CPU paths A/B
 
 `--quant int8` times fp32, bf16 (bf16 params) and the int8 model (squeezebert.quant.to_int8 of
 the same weights: int8 kernels and embedding tables, int8 x int8 -> int32 matmuls with dynamic
@@ -19,14 +20,19 @@ values (the model's own initializers, `--init model`, compile op by op and are s
 small CPU). Each call's process CPU time is recorded too: `cpu_per_wall` near the core
 count means the run had the cores to itself; much lower means other load squeezed it.
 
-CPU layout notes (2-core AVX2 EPYC, jax 0.10.2, squeezebert-base batch 32 seq 128 fp32):
+CPU notes (2-core AVX2 EPYC, jax 0.10.2, squeezebert-base batch 32 seq 128 fp32):
 XLA:CPU sends dots in canonical layout to its fast GEMM (YNNPACK fusions) and the rest to
 a generic Eigen path. The grouped einsum '...gi,gio->...go' landed on the slow path (3.5 s
 per batch); group-major '[G, ..., I] x [G, I, O]' (2.7 s) and heads-major attention
-(2.1 s together) are what GroupedProjection/AttentionCore now use. A grouped
-`lax.conv_general_dilated` (2.9 s) and a zero-filled block-diagonal dense (4x FLOPs) were
-slower; XLA_FLAGS (multi_thread_eigen, use_onednn, use_xnnpack, ynn fusion types) gave
-no gain.
+(2.1 s together) came next; G plain 2-D dots on the input slices (`--layout split`, the CPU
+default, q/k/v fused per group) beat the batched form by 10-13%, and running the layer stack
+on chunks of 8 sequences (`--batch_chunk`, Encoder.batch_chunk) another ~4-12% (BERT-base
+~18%): the [B, H, L, L] scores and [B, L, 4D] FFN activations of a 32-sequence batch stream
+through memory, a chunk's stay in cache. The exact GELU is computed through erf (erfc is
+slower). A grouped `lax.conv_general_dilated` (2.9 s), a zero-filled block-diagonal dense
+(4x FLOPs) and XLA_FLAGS (multi_thread_eigen, use_onednn, use_xnnpack, xnn/ynn fusion
+types) gave no gain. The host's speed drifts by tens of percent within an hour: compare
+paths with `--paths_rounds N`, which interleaves them.
 
 FLOPs. `analytic_flops` counts 2 FLOPs per multiply-accumulate of the matmuls only:
 per layer QKV + post-attention + intermediate + output projections (each divided by its
@@ -339,6 +345,37 @@ def grouped_layouts(graphdef, state) -> list[str]:
                  if isinstance(m, GroupedProjection) and m.groups > 1})
 
 
+PATHS = (("einsum", 0), ("split", 0), ("split", 8), ("split", 4))
+
+
+def compare_paths(variant: str = "squeezebert-base", batch: int = 32, seq: int = 128,
+                  rounds: int = 10, paths=PATHS, seed: int = 0) -> dict:
+  """CPU code paths (grouped layout, batch chunk) of one model, timed interleaved: each round
+  calls every compiled path once, so drift of a shared host hits all of them alike."""
+  if rounds < 1:
+    raise ValueError(f"rounds must be >= 1, got {rounds}")
+  cfg = make_config(variant)
+  graphdef, state, _ = model_state(cfg, "base", seed)
+  inputs = make_inputs(cfg, batch, seq, seed)
+  compiled = {}
+  for layout, chunk in paths:
+    model = set_grouped_layout(nnx.merge(graphdef, state), layout)
+    model.transformer.batch_chunk = chunk
+    gd, st = nnx.split(model)
+    fn = make_forward(gd).lower(st, *inputs).compile()
+    jax.block_until_ready(fn(st, *inputs))  # warm-up
+    compiled[f"{layout}/chunk{chunk}"] = (fn, (st, *inputs))
+  times = {k: [] for k in compiled}
+  for _ in range(rounds):
+    for k, (fn, args) in compiled.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[k].append(1e3 * (time.perf_counter() - t0) / batch)
+  return dict(variant=variant, batch=batch, seq=seq, rounds=rounds, unit="ms per sequence",
+              median={k: float(np.median(v)) for k, v in times.items()},
+              min={k: float(min(v)) for k, v in times.items()}, times=times, **environment())
+
+
 def compare(batch: int = 32, seq: int = 128, dtype: str = "float32",
             variants=("squeezebert-base", "bert-base"), **kw) -> dict:
   """Runs both variants back to back; ratio = latency(variants[0]) / latency(variants[1])."""
@@ -436,7 +473,12 @@ def main(argv):
             batch_chunk=F.batch_chunk if F.batch_chunk == "auto" else int(F.batch_chunk))
   if F.quant != "none" and F.compare:
     raise app.UsageError("--quant and --compare are separate comparisons: give one")
-  if F.quant != "none":
+  if F.paths_rounds:
+    out = compare_paths(F.variant, F.batch, F.seq, F.paths_rounds, seed=F.seed)
+    for k in out["median"]:
+      print(f"{F.variant} {k:14s} median {out['median'][k]:7.2f}  min {out['min'][k]:7.2f} "
+            "ms/seq")
+  elif F.quant != "none":
     out = compare_quant(F.variant, F.batch, F.seq, F.quant, **kw)
     for r in out["results"].values():
       print(summary(r))
@@ -483,6 +525,9 @@ def _define_flags():
   flags.DEFINE_string("batch_chunk", "auto",
                       "sequences per chunk of the layer stack: auto (8 on one CPU device, else "
                       "off) | 0 (whole batch) | N")
+  flags.DEFINE_integer("paths_rounds", 0,
+                       "> 0: time the CPU code paths (layout x batch chunk) of --variant "
+                       "interleaved for this many rounds instead")
   flags.DEFINE_string("json", None, "write the result dict here")
 
 

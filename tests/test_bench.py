@@ -96,3 +96,8 @@ def test_layout_and_batch_chunk_options():
   assert (whole["grouped_layout"], chunked["grouped_layout"]) == (["einsum"], ["split"])
   assert chunked["flops_xla"]["per_batch"] == pytest.approx(whole["flops_xla"]["per_batch"],
                                                            rel=0.05)
+  paths = bench.compare_paths("tiny", batch=8, seq=16, rounds=2)
+  assert set(paths["median"]) == {"einsum/chunk0", "split/chunk0", "split/chunk8", "split/chunk4"}
+  assert all(len(v) == 2 and min(v) > 0 for v in paths["times"].values())
+  with pytest.raises(ValueError, match="rounds"):
+    bench.compare_paths("tiny", rounds=0)

@@ -11,7 +11,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from experiments import common, grouping, layer_reduction, qat, report, variants  # noqa: E402
+from experiments import common, curves, grouping, layer_reduction, qat, report, variants  # noqa: E402,E501
 
 pytestmark = pytest.mark.skipif(not os.environ.get("TFDS_DATA_DIR") and not os.environ.get(
     "GLUE_DIR"), reason="needs GLUE data (TFDS_DATA_DIR or GLUE_DIR)")
@@ -62,6 +62,17 @@ def test_layer_reduction_sweep_resumes_and_reports(tmp_path):
   report.build(str(root), str(out))
   assert report.aggregate(report.load_results(str(out))) == report.aggregate(
       report.load_results(str(root)))
+  # Training curves of the cells' workdirs.
+  kd_wd = os.path.join(str(root), "L1_every_other_kd", "seed0")
+  pts = curves.plot({"full": full_wd, "kd": kd_wd}, ["train/loss", "eval/accuracy", "train/kd_loss"],
+                    str(tmp_path / "curves"))
+  logged = [json.loads(line) for line in open(os.path.join(kd_wd, "metrics.jsonl"))]
+  assert any(v == pytest.approx(kd["metric"]) for _, v in pts["kd:eval/accuracy"])
+  assert pts["kd:train/loss"] == [(r["step"], r["loss"]) for r in logged if r["split"] == "train"]
+  assert pts["full:train/kd_loss"] == [] and pts["kd:train/kd_loss"]  # only the KD cell has it
+  assert os.path.exists(tmp_path / "curves" / "curves.png")
+  with pytest.raises(ValueError, match="train/NAME"):
+    curves.plot({"kd": kd_wd}, ["loss"], str(tmp_path / "c2"))
 
 
 def test_qat_sweep_has_ptq_qat_and_int8_cells(tmp_path):
