@@ -96,25 +96,29 @@ def projection_of(model):
   return getattr(model, PROJECTION_ATTR, None)
 
 
+def logit_term(cfg: DistillConfig, head: str, student_out, teacher_out, batch):
+  """The teacher's output term: T^2 KL for class / choice / masked-token logits, MSE for
+  regression."""
+  w = batch["example_weight"]
+  if head == "regression":
+    return _weighted_mean(jnp.square(student_out.logits[:, 0].astype(jnp.float32)
+                                     - teacher_out.logits[:, 0].astype(jnp.float32)), w)
+  if head in ("mlm", "pretraining"):
+    return _weighted_mean(soft_cross_entropy_kl(student_out.logits, teacher_out.logits,
+                                                cfg.temperature), batch["mlm_weights"])
+  if head in ("classification", "multiple_choice"):
+    return _weighted_mean(soft_cross_entropy_kl(student_out.logits, teacher_out.logits,
+                                                cfg.temperature), w)
+  raise ValueError(f"logit distillation is not defined for head {head!r}")
+
+
 def distill_terms(cfg: DistillConfig, head: str, student_out, teacher_out, batch,
                   projection=None) -> dict:
-  """The teacher terms (unweighted) for one batch."""
-  w = batch["example_weight"]
+  """The teacher terms (unweighted) for one batch: kd_loss unless hidden-only, hidden_loss
+  when hidden_weight > 0."""
   terms = {}
-  if cfg.hidden_only:
-    pass
-  elif head == "regression":
-    terms["kd_loss"] = _weighted_mean(jnp.square(
-        student_out.logits[:, 0].astype(jnp.float32)
-        - teacher_out.logits[:, 0].astype(jnp.float32)), w)
-  elif head in ("mlm", "pretraining"):
-    terms["kd_loss"] = _weighted_mean(soft_cross_entropy_kl(
-        student_out.logits, teacher_out.logits, cfg.temperature), batch["mlm_weights"])
-  elif head in ("classification", "multiple_choice"):
-    terms["kd_loss"] = _weighted_mean(soft_cross_entropy_kl(
-        student_out.logits, teacher_out.logits, cfg.temperature), w)
-  else:
-    raise ValueError(f"logit distillation is not defined for head {head!r}")
+  if not cfg.hidden_only:
+    terms["kd_loss"] = logit_term(cfg, head, student_out, teacher_out, batch)
   if cfg.hidden_weight > 0:
     terms["hidden_loss"] = hidden_mse(student_out.hidden_states, teacher_out.hidden_states,
                                       batch["attention_mask"], projection)
