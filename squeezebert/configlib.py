@@ -97,6 +97,8 @@ def base_train_config() -> ml_collections.ConfigDict:
       temperature=2.0,
       hidden_weight=0.0,          # >0: + weight * MSE of mapped hidden states (a learned
                                   # projection at unequal widths; alpha=0: hidden states only)
+      augment_prob=0.0,           # >0 (GLUE): the teacher terms also run on a copy of each batch
+                                  # with this fraction of tokens -> [MASK] / random tokens
   ))
   # Quantization (squeezebert/quant): QAT is a switch of this trainer; PTQ / int8 conversion
   # of a finished workdir: python -m squeezebert.quant --workdir RUN --mode ptq|int8 --out DIR.

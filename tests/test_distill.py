@@ -3,6 +3,7 @@ runs with a frozen teacher inside the jitted step."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -66,7 +67,8 @@ def test_hidden_transfer_and_layer_map():
 
 
 @pytest.mark.parametrize("kw,match", [(dict(alpha=1.5), "alpha"), (dict(temperature=0.0),
-                                                                    "temperature")])
+                                                                    "temperature"),
+                                      (dict(augment_prob=1.0), "augment_prob")])
 def test_bad_distill_config(kw, match):
   with pytest.raises(ValueError, match=match):
     distill.DistillConfig(**kw)
@@ -188,3 +190,64 @@ def test_projection_trains_resumes_and_is_dropped_on_load(wide_teacher_dir, tmp_
   model = convert.from_pretrained(str(workdir))
   assert distill.projection_of(model) is None
   assert not any(k.startswith(distill.PROJECTION_ATTR) for k in convert.flat_params(model))
+
+
+def test_augment_ids_replaces_only_real_ordinary_tokens():
+  rng = np.random.default_rng(0)
+  ids = rng.integers(1000, 30000, size=(64, 40)).astype(np.int32)
+  ids[:, 0], ids[:, 30], ids[:, 31:] = 101, 102, 0  # [CLS] ... [SEP] then padding
+  mask = (ids != 0).astype(np.int32)
+  kw = dict(mask_id=103, special_ids=(0, 100, 101, 102, 103), vocab_size=30522,
+            random_token_min_id=999)
+  out = np.asarray(distill.augment_ids(jax.random.key(1), ids, mask, prob=0.3, **kw))
+  changed = out != ids
+  np.testing.assert_array_equal(out[:, [0, 30]], ids[:, [0, 30]])  # specials kept
+  np.testing.assert_array_equal(out[:, 31:], 0)                      # padding kept
+  frac = changed[:, 1:30].mean()
+  assert 0.27 < frac < 0.33, frac          # ~prob of the 29 * 64 real tokens
+  new = out[changed]
+  assert 0.4 < np.mean(new == 103) < 0.6    # half [MASK], half random ordinary tokens
+  assert new[new != 103].min() >= 999
+  again = np.asarray(distill.augment_ids(jax.random.key(1), ids, mask, prob=0.3, **kw))
+  np.testing.assert_array_equal(out, again)  # reproducible from the key
+  none = np.asarray(distill.augment_ids(jax.random.key(1), ids, mask, prob=0.0, **kw))
+  np.testing.assert_array_equal(none, ids)
+
+
+def test_augmented_copy_doubles_the_batch_and_keeps_weights():
+  batch = {"input_ids": jnp.array([[101, 5, 102], [101, 7, 102]]),
+           "attention_mask": jnp.ones((2, 3), jnp.int32), "example_weight": jnp.array([1., 0.]),
+           "label": jnp.array([1, 0])}
+  aug = jnp.array([[101, 103, 102], [101, 9, 102]])
+  both = distill.with_augmented_copy(batch, aug)
+  np.testing.assert_array_equal(both["input_ids"], jnp.concatenate([batch["input_ids"], aug]))
+  np.testing.assert_array_equal(both["example_weight"], [1, 0, 1, 0])  # padding row stays 0
+  np.testing.assert_array_equal(both["label"], [1, 0, 1, 0])
+  out = ModelOutput(last_hidden_state=jnp.zeros((4, 3, 2)), pooler_output=jnp.zeros((4, 2)),
+                    logits=jnp.arange(8.).reshape(4, 2))
+  np.testing.assert_array_equal(distill.first_rows(out, 2).logits, [[0, 1], [2, 3]])
+
+
+@needs_tfds
+def test_distillation_with_augmentation(teacher_dir, tmp_path):
+  """Without dropout, step 1's task loss (the first B rows of the 2B-row forward) equals the
+  plain run's; with a vanishing augment_prob the copy is the batch itself, so the KD term is
+  unchanged too; at 0.3 the KD term averages in corrupted copies and moves."""
+  def first_train_row(name, **kw):
+    cfg = runlocal(distill__teacher=str(teacher_dir), distill__alpha=0.6,
+                   model__hidden_dropout_prob=0.0, model__attention_probs_dropout_prob=0.0,
+                   num_train_steps=2, eval_every_steps=2, **kw)
+    result = trainer.train_and_evaluate(cfg, str(tmp_path / name))
+    assert np.isfinite(result["accuracy"])
+    rows = [r for r in read_jsonl(tmp_path / name / "metrics.jsonl") if r["split"] == "train"]
+    for r in rows:
+      assert r["loss"] == pytest.approx(0.4 * r["task_loss"] + 0.6 * r["kd_loss"], rel=1e-4)
+    return rows[0]
+
+  plain = first_train_row("plain")
+  same = first_train_row("tiny", distill__augment_prob=1e-9)
+  aug = first_train_row("aug", distill__augment_prob=0.3)
+  assert same["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
+  assert same["kd_loss"] == pytest.approx(plain["kd_loss"], rel=1e-5)
+  assert aug["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
+  assert aug["kd_loss"] != pytest.approx(plain["kd_loss"], rel=1e-3)

@@ -47,6 +47,19 @@ def resolve_vocab(path: str | os.PathLike | None = None) -> str:
   )
 
 
+def special_token_ids(tok: Tokenizer) -> dict:
+  """What in-step token corruption (MLM masking, distillation augmentation) needs from a BERT
+  vocab: mask_id, special_ids (never replaced), vocab_size and random_token_min_id (random
+  replacements are ordinary tokens: after the last [unusedN]/special id)."""
+  ids = [tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")]
+  if None in ids[:4]:
+    raise ValueError("the vocab lacks [PAD]/[CLS]/[SEP]/[MASK]: not a BERT vocab")
+  vocab = tok.get_vocab()
+  first_normal = 1 + max(i for t, i in vocab.items() if t.startswith("[") and t.endswith("]"))
+  return dict(mask_id=ids[3], special_ids=tuple(i for i in ids if i is not None),
+              vocab_size=tok.get_vocab_size(), random_token_min_id=first_normal)
+
+
 def load_tokenizer(vocab_path: str | None = None, lowercase: bool = True) -> Tokenizer:
   """A `tokenizers.Tokenizer` equal to BertTokenizerFast(vocab_file, do_lower_case=lowercase)."""
   vocab_file = resolve_vocab(vocab_path)

@@ -37,6 +37,7 @@ class DistillConfig:
   temperature: float = 2.0
   hidden_weight: float = 0.0  # >0: MSE between mapped hidden states (learned projection at
                               # unequal widths)
+  augment_prob: float = 0.0   # >0: the teacher terms also run on a corrupted copy of the batch
 
   @property
   def hidden_only(self) -> bool:
@@ -49,6 +50,8 @@ class DistillConfig:
       raise ValueError(f"distill.temperature must be > 0, got {self.temperature}")
     if self.hidden_weight < 0:
       raise ValueError(f"distill.hidden_weight must be >= 0, got {self.hidden_weight}")
+    if not 0.0 <= self.augment_prob < 1.0:
+      raise ValueError(f"distill.augment_prob must be in [0, 1), got {self.augment_prob}")
 
 
 def soft_cross_entropy_kl(student_logits, teacher_logits, temperature: float):
@@ -57,6 +60,39 @@ def soft_cross_entropy_kl(student_logits, teacher_logits, temperature: float):
   s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
   tl = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t, axis=-1)
   return (t * t) * jnp.sum(jnp.exp(tl) * (tl - s), axis=-1)
+
+
+def augment_ids(rng, ids_BxL, attention_mask_BxL, *, prob: float, mask_id: int, special_ids,
+                vocab_size: int, random_token_min_id: int = 0):
+  """Transfer-set augmentation for distillation (Tang et al. 2019, TinyBERT): every real,
+  non-special token is replaced with probability `prob`, by [MASK] or (equally likely) by a
+  random ordinary token. The sentence keeps no label; the teacher labels it."""
+  k_pick, k_kind, k_rand = jax.random.split(rng, 3)
+  ids_BxL = jnp.asarray(ids_BxL)
+  special = jnp.isin(ids_BxL, jnp.asarray(special_ids, ids_BxL.dtype))
+  pick = ((attention_mask_BxL > 0) & ~special
+          & (jax.random.uniform(k_pick, ids_BxL.shape) < prob))
+  rand = jax.random.randint(k_rand, ids_BxL.shape, random_token_min_id, vocab_size,
+                            dtype=ids_BxL.dtype)
+  new = jnp.where(jax.random.bernoulli(k_kind, 0.5, ids_BxL.shape),
+                  jnp.asarray(mask_id, ids_BxL.dtype), rand)
+  return jnp.where(pick, new, ids_BxL)
+
+
+def with_augmented_copy(batch: dict, aug_ids_BxL) -> dict:
+  """[batch; batch with input_ids = aug_ids] along the batch axis (2B rows; a padding row's
+  copy keeps weight 0). The student's one forward on it serves the task loss (first B rows)
+  and the teacher terms (all rows)."""
+  b = aug_ids_BxL.shape[0]
+  out = {k: jnp.concatenate([v, v]) for k, v in batch.items()
+         if hasattr(v, "shape") and v.ndim and v.shape[0] == b}
+  out["input_ids"] = jnp.concatenate([batch["input_ids"], aug_ids_BxL])
+  return out
+
+
+def first_rows(out, n: int):
+  """The ModelOutput of the first n rows (the unaugmented batch)."""
+  return jax.tree.map(lambda x: x[:n], out)
 
 
 def layer_map(n_student: int, n_teacher: int) -> list[int]:

@@ -30,20 +30,29 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
   averaged over `grad_accum_steps` micro-batches (one update). With a `distill.Teacher`, its
   frozen forward runs in the step and the loss mixes in the distillation terms."""
   hidden = teacher is not None and distill_cfg.hidden_weight > 0
+  augment = teacher is not None and distill_cfg.augment_prob > 0
+  if teacher is not None:
+    from squeezebert.train import distill  # noqa: PLC0415 (keeps steps import-light)
 
   def loss_fn(model, batch, rng, teacher_state):
     # Only tasks that draw in-step randomness split the key (GLUE dropout streams unchanged).
     mask_rng, drop_rng = jax.random.split(rng) if hasattr(task, "prepare") else (None, rng)
     batch, kwargs = _prepare(task, batch, mask_rng, train=True)
-    out = _forward(model, batch, drop_rng, False, kwargs, output_hidden_states=hidden)
+    kd_batch = batch
+    if augment:  # the teacher terms also see a corrupted copy of every sentence
+      drop_rng, aug_rng = jax.random.split(drop_rng)
+      aug_ids = distill.augment_ids(aug_rng, batch["input_ids"], batch["attention_mask"],
+                                    prob=distill_cfg.augment_prob, **task.special_tokens)
+      kd_batch = distill.with_augmented_copy(batch, aug_ids)
+    kd_out = _forward(model, kd_batch, drop_rng, False, kwargs, output_hidden_states=hidden)
+    out = distill.first_rows(kd_out, batch["input_ids"].shape[0]) if augment else kd_out
     loss, aux = task.loss(out, batch)
     if teacher is not None:
-      from squeezebert.train import distill  # noqa: PLC0415 (keeps steps import-light)
-      t_batch = batch
+      t_batch = kd_batch
       if teacher.hidden_only and "unmasked_input_ids" in batch:  # MLM: the clean text
         t_batch = dict(batch, input_ids=batch["unmasked_input_ids"])
       t_out = teacher(teacher_state, tuple(t_batch[k] for k in MODEL_INPUTS), kwargs, hidden)
-      terms = distill.distill_terms(distill_cfg, task.head, out, t_out, batch,
+      terms = distill.distill_terms(distill_cfg, task.head, kd_out, t_out, kd_batch,
                                     projection=distill.projection_of(model))
       aux = dict(aux, task_loss=loss, **terms)
       loss = distill.combine(distill_cfg, loss, terms)

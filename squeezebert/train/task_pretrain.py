@@ -57,16 +57,7 @@ class PretrainTask:
 
   @functools.cached_property
   def _special(self):
-    tok = self.tokenizer
-    ids = [tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")]
-    if None in ids[:4]:
-      raise ValueError("the vocab lacks [PAD]/[CLS]/[SEP]/[MASK]: not a BERT vocab")
-    # Random replacements are drawn from ordinary tokens: after the last [unusedN]/special id.
-    vocab = tok.get_vocab()
-    first_normal = 1 + max(i for t, i in vocab.items()
-                           if t.startswith("[") and t.endswith("]"))
-    return dict(mask_id=ids[3], special_ids=tuple(i for i in ids if i is not None),
-                vocab_size=tok.get_vocab_size(), random_token_min_id=first_normal)
+    return tokenization.special_token_ids(self.tokenizer)
 
   def load(self, split: str):
     d = self.config.data

@@ -45,6 +45,11 @@ class GlueTask:
   def tokenizer(self):
     return tokenization.load_tokenizer(self.config.data.vocab or None)
 
+  @functools.cached_property
+  def special_tokens(self) -> dict:
+    """[MASK] / special / vocab ids for in-step token corruption (distillation augmentation)."""
+    return tokenization.special_token_ids(self.tokenizer)
+
   def load(self, split: str):
     """Tokenized examples of `split`. data.train_limit caps the training split; data.eval_limit
     caps every other split (eval AND test: smoke runs)."""

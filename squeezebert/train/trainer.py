@@ -203,11 +203,16 @@ def _distill_config(config):
   from squeezebert.train import distill  # noqa: PLC0415
   return distill.DistillConfig(alpha=config.distill.alpha,
                                temperature=config.distill.temperature,
-                               hidden_weight=config.distill.hidden_weight)
+                               hidden_weight=config.distill.hidden_weight,
+                               augment_prob=config.distill.get("augment_prob", 0.0))
 
 
 def _load_teacher(config, task, model):
   from squeezebert.train import distill  # noqa: PLC0415
+  if config.distill.get("augment_prob", 0.0) > 0 and (
+      task.head not in ("classification", "regression") or not hasattr(task, "special_tokens")):
+    raise ValueError(f"config.distill.augment_prob is for sentence-level tasks (GLUE); task "
+                     f"{config.task!r} has head {task.head!r}")
   return distill.Teacher(config.distill.teacher, task.head, task.num_labels, model.config,
                          config.dtype, _distill_config(config))
 
