@@ -262,11 +262,13 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
                   layers: int | None = None, head: str = "base", warmup: int = 2,
                   iters: int = 5, seed: int = 0, init: str = "fast",
                   quant: str | None = None, cfg: ModelConfig | None = None,
-                  layout: str = "auto", batch_chunk: str | int = "auto") -> dict:
+                  layout: str = "auto", batch_chunk: str | int = "auto",
+                  chunk_streams: int | None = None) -> dict:
   """Build, compile and time one model; returns a JSON-able dict. quant='int8' (or 'w4a8',
   'w8'): the int8 model converted from the float one (float32 activations between matmuls).
   layout: how grouped projections run (squeezebert.model.layers.GROUPED_LAYOUTS);
-  batch_chunk: sequences per chunk of the layer stack (Encoder.batch_chunk: "auto" | 0 | N)."""
+  batch_chunk: sequences per chunk of the layer stack (Encoder.batch_chunk: "auto" | 0 | N);
+  chunk_streams: chunks run as independent chains per loop step (Encoder.chunk_streams)."""
   if warmup < 0 or iters < 1:
     raise ValueError(f"need warmup >= 0 and iters >= 1, got {warmup}, {iters}")
   qcfg = quant_config(quant)
@@ -279,9 +281,11 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
     raise ValueError(f"seq {seq} > max_position_embeddings {cfg.max_position_embeddings}")
   env = environment()
   graphdef, state, n_params = model_state(cfg, head, seed, init)
-  if layout != "auto" or batch_chunk != "auto":
+  if layout != "auto" or batch_chunk != "auto" or chunk_streams is not None:
     model = set_grouped_layout(nnx.merge(graphdef, state), layout)
     model.transformer.batch_chunk = batch_chunk
+    if chunk_streams is not None:
+      model.transformer.chunk_streams = chunk_streams
     graphdef, state = nnx.split(model)
   if qcfg is not None:
     graphdef, state = int8_state(graphdef, state, qcfg)
@@ -313,6 +317,7 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
       variant=variant, head=head, batch=batch, seq=seq,
       grouped_layout=grouped_layouts(graphdef, state),
       batch_chunk=chunk,
+      chunk_streams=nnx.merge(graphdef, state).transformer.chunk_streams if chunk else None,
       quant=qcfg.tag if qcfg is not None else None,
       dtype=cfg.to_dict()["dtype"], param_dtype=cfg.to_dict()["param_dtype"],
       num_layers=cfg.num_hidden_layers, params=int(n_params), init=init,
@@ -345,12 +350,14 @@ def grouped_layouts(graphdef, state) -> list[str]:
                  if isinstance(m, GroupedProjection) and m.groups > 1})
 
 
-PATHS = (("einsum", 0), ("split", 0), ("split", 8), ("split", 4))
+# (grouped layout, batch chunk, chunk streams)
+PATHS = (("einsum", 0, 1), ("split", 0, 1), ("split", 8, 1), ("split", 8, 4), ("split", 4, 4))
 
 
 def compare_paths(variant: str = "squeezebert-base", batch: int = 32, seq: int = 128,
                   rounds: int = 10, paths=PATHS, seed: int = 0) -> dict:
-  """CPU code paths (grouped layout, batch chunk) of one model, timed interleaved: each round
+  """CPU code paths (grouped layout, batch chunk, chunk streams) of one model, timed
+  interleaved (keys layout/chunkC/streamsS): each round
   calls every compiled path once, so drift of a shared host hits all of them alike."""
   if rounds < 1:
     raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -358,13 +365,13 @@ def compare_paths(variant: str = "squeezebert-base", batch: int = 32, seq: int =
   graphdef, state, _ = model_state(cfg, "base", seed)
   inputs = make_inputs(cfg, batch, seq, seed)
   compiled = {}
-  for layout, chunk in paths:
+  for layout, chunk, streams in paths:
     model = set_grouped_layout(nnx.merge(graphdef, state), layout)
-    model.transformer.batch_chunk = chunk
+    model.transformer.batch_chunk, model.transformer.chunk_streams = chunk, streams
     gd, st = nnx.split(model)
     fn = make_forward(gd).lower(st, *inputs).compile()
     jax.block_until_ready(fn(st, *inputs))  # warm-up
-    compiled[f"{layout}/chunk{chunk}"] = (fn, (st, *inputs))
+    compiled[f"{layout}/chunk{chunk}/streams{streams}"] = (fn, (st, *inputs))
   times = {k: [] for k in compiled}
   for _ in range(rounds):
     for k, (fn, args) in compiled.items():
@@ -451,7 +458,8 @@ def summary(r: dict) -> str:
           f"layers {r['num_layers']}"
           + (f" grouped layout {'/'.join(r['grouped_layout'])}" if r.get("grouped_layout")
              else "")
-          + (f" batch chunks of {r['batch_chunk']}" if r.get("batch_chunk") else "") + "\n"
+          + (f" batch chunks of {r['batch_chunk']} ({r['chunk_streams']} chains per step)"
+             if r.get("batch_chunk") else "") + "\n"
           f"  params {r['params']:,}  analytic {r['flops_analytic']['per_seq'] / 1e9:.3f} "
           f"GFLOPs/seq ({r['flops_analytic']['per_batch'] / 1e9:.1f}/batch)"
           + (f"  XLA {xf / 1e9:.3f} GFLOPs/seq" if xf is not None else "") + "\n"
@@ -470,13 +478,14 @@ def main(argv):
   F = flags.FLAGS
   kw = dict(param_dtype=F.param_dtype, layers=F.layers, head=F.head, warmup=F.warmup,
             iters=F.iters, seed=F.seed, init=F.init, layout=F.layout,
-            batch_chunk=F.batch_chunk if F.batch_chunk == "auto" else int(F.batch_chunk))
+            batch_chunk=F.batch_chunk if F.batch_chunk == "auto" else int(F.batch_chunk),
+            chunk_streams=F.chunk_streams)
   if F.quant != "none" and F.compare:
     raise app.UsageError("--quant and --compare are separate comparisons: give one")
   if F.paths_rounds:
     out = compare_paths(F.variant, F.batch, F.seq, F.paths_rounds, seed=F.seed)
     for k in out["median"]:
-      print(f"{F.variant} {k:14s} median {out['median'][k]:7.2f}  min {out['min'][k]:7.2f} "
+      print(f"{F.variant} {k:24s} median {out['median'][k]:7.2f}  min {out['min'][k]:7.2f} "
             "ms/seq")
   elif F.quant != "none":
     out = compare_quant(F.variant, F.batch, F.seq, F.quant, **kw)
@@ -525,6 +534,9 @@ def _define_flags():
   flags.DEFINE_string("batch_chunk", "auto",
                       "sequences per chunk of the layer stack: auto (8 on one CPU device, else "
                       "off) | 0 (whole batch) | N")
+  flags.DEFINE_integer("chunk_streams", None,
+                       "chunks per step of the chunk loop, each an independent chain "
+                       "(default: the model's, 4)")
   flags.DEFINE_integer("paths_rounds", 0,
                        "> 0: time the CPU code paths (layout x batch chunk) of --variant "
                        "interleaved for this many rounds instead")

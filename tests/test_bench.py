@@ -93,11 +93,19 @@ def test_layout_and_batch_chunk_options():
   chunked = bench.run_benchmark("tiny", batch=8, seq=16, warmup=0, iters=1, batch_chunk=4,
                                 layout="split")
   assert (whole["batch_chunk"], chunked["batch_chunk"]) == (0, 4)
+  assert (whole["chunk_streams"], chunked["chunk_streams"]) == (None, 4)
+  looped = bench.run_benchmark("tiny", batch=8, seq=16, warmup=0, iters=1, batch_chunk=2,
+                               chunk_streams=2)  # 4 chunks: a lax.map of 2 steps x 2 chains
+  assert looped["chunk_streams"] == 2
+  assert looped["flops_xla"]["per_batch"] == pytest.approx(whole["flops_xla"]["per_batch"],
+                                                          rel=0.05)
   assert (whole["grouped_layout"], chunked["grouped_layout"]) == (["einsum"], ["split"])
   assert chunked["flops_xla"]["per_batch"] == pytest.approx(whole["flops_xla"]["per_batch"],
                                                            rel=0.05)
   paths = bench.compare_paths("tiny", batch=8, seq=16, rounds=2)
-  assert set(paths["median"]) == {"einsum/chunk0", "split/chunk0", "split/chunk8", "split/chunk4"}
+  assert set(paths["median"]) == {"einsum/chunk0/streams1", "split/chunk0/streams1",
+                                  "split/chunk8/streams1", "split/chunk8/streams4",
+                                  "split/chunk4/streams4"}
   assert all(len(v) == 2 and min(v) > 0 for v in paths["times"].values())
   with pytest.raises(ValueError, match="rounds"):
     bench.compare_paths("tiny", rounds=0)

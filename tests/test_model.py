@@ -293,7 +293,8 @@ def test_config_presets_and_roundtrip():
 
 def test_batch_chunked_inference_matches_whole_batch():
   """Deterministic calls on a single CPU device run the layers on chunks of sequences
-  (lax.map); the values, hidden states and gradients equal the unchunked ones."""
+  (independent chains, looped with lax.map when there are more chunks than chunk_streams);
+  the values, hidden states and gradients equal the unchunked ones."""
   cfg = get_config("tiny", num_hidden_layers=2)
   model = SqueezeBert(cfg, head="classification", rngs=nnx.Rngs(params=0))
   enc = model.transformer
@@ -315,6 +316,19 @@ def test_batch_chunked_inference_matches_whole_batch():
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
   for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_whole)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  # Chunks of 4 (4 chunks): a loop of 2 steps x 2 independent chains, 3 chains -> 2 (the
+  # largest divisor of the chunk count), and all 4 chains in one step (no loop).
+  enc.batch_chunk = 4
+  for streams in (2, 3, 4):
+    enc.chunk_streams = streams
+    out = fn(model)
+    np.testing.assert_allclose(out.logits, whole.logits, atol=1e-6, rtol=0)
+    for a, b in zip(out.hidden_states, whole.hidden_states):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+  enc.chunk_streams = 0
+  with pytest.raises(ValueError, match="chunk_streams"):
+    fn(model)
+  enc.chunk_streams, enc.batch_chunk = 4, 8
   # Dropout (train mode) never chunks: its RNG stream stays that of the whole batch.
   r1 = model(ids, mask, rngs=jax.random.key(3), deterministic=False).logits
   enc.batch_chunk = 0

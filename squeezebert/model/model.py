@@ -17,6 +17,8 @@ from squeezebert.model.layers import Block, Dropout, Embeddings, activation, den
 # Sequences per chunk of deterministic CPU calls (Encoder.batch_chunk="auto"): measured on a
 # 2-core EPYC at seq 128, chunks of 4-8 beat the whole batch of 32 by ~10% (squeezebert/bench.py).
 CPU_BATCH_CHUNK = 8
+# Chunks per step of the chunk loop (Encoder.chunk_streams), each its own dependence chain.
+CHUNK_STREAMS = 4
 
 HEADS = ("base", "mlm", "pretraining", "classification", "regression", "token", "qa",
          "multiple_choice")
@@ -56,6 +58,10 @@ class Encoder(nnx.Module):
     # stay cache-sized, where the whole batch's stream through memory. Same values (row
     # independent). "auto": CPU_BATCH_CHUNK on a single CPU device, off elsewhere; 0: off.
     self.batch_chunk = "auto"
+    # Each step of the chunk loop runs this many chunks as independent chains (a batch of 32
+    # in chunks of 8: one step, no loop). XLA:CPU's executor then runs one chain's small
+    # single-threaded fusions (slices, LayerNorm, softmax) next to another chain's GEMMs.
+    self.chunk_streams = CHUNK_STREAMS
 
   def __call__(self, ids_BxL, mask_BxL, type_ids_BxL, *, deterministic, rngs,
                output_hidden_states=False, inputs_embeds=None):
@@ -99,20 +105,32 @@ class Encoder(nnx.Module):
 
   def _chunked_layers(self, x_BxLxD, bias, chunk):
     b = x_BxLxD.shape[0]
+    streams = self.chunk_streams
+    if not isinstance(streams, int) or streams < 1:
+      raise ValueError(f"Encoder.chunk_streams must be an int >= 1, got {streams!r}")
+    streams = max(d for d in range(1, streams + 1) if (b // chunk) % d == 0)
     graphdef, state = nnx.split(self.layers)  # merged inside the map body (its trace level)
 
     def run(xs):
+      """The layer stack on `streams` chunks, each its own chain (no data dependence)."""
       x, bias_c = xs
       self_layers = nnx.merge(graphdef, state)
+      hs = [x[i * chunk:(i + 1) * chunk] for i in range(streams)]
+      bs = [bias_c[i * chunk:(i + 1) * chunk] for i in range(streams)]
       hidden = [x]
       for i in range(self.num_layers):
         layer = self_layers[0 if len(self_layers) == 1 else i]
-        hidden.append(layer(hidden[-1], bias_c, deterministic=True, rngs=None))
+        hs = [layer(h, bb, deterministic=True, rngs=None) for h, bb in zip(hs, bs)]
+        hidden.append(hs[0] if streams == 1 else jnp.concatenate(hs))
       return hidden
 
-    split = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])
-    hidden = jax.lax.map(run, (split(x_BxLxD), split(bias)))
-    hidden = [h.reshape(b, *h.shape[2:]) for h in hidden]
+    step = chunk * streams
+    if step == b:
+      hidden = run((x_BxLxD, bias))
+    else:
+      split = lambda a: a.reshape(b // step, step, *a.shape[1:])
+      hidden = jax.lax.map(run, (split(x_BxLxD), split(bias)))
+      hidden = [h.reshape(b, *h.shape[2:]) for h in hidden]
     return hidden[-1], hidden
 
 
