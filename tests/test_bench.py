@@ -74,6 +74,16 @@ def test_bf16_and_compare():
   assert out["latency_ratio"] > 0 and out["flops_ratio"] == 1.0
   assert set(out["targets"]) >= {"ratio_ok", "ms_per_seq_ok"}
   assert bench.make_config("tiny", "bf16", "f32").param_dtype == "float32"
+  # Interleaved timing: the ratio and the ms/seq target then come from its medians.
+  out = bench.compare(batch=2, seq=8, variants=("tiny", "bert-small"), layers=1, warmup=0,
+                      iters=1, rounds=3)
+  inter = out["interleaved"]
+  assert out["timing"] == "interleaved" and inter["rounds"] == 3
+  assert all(len(v) == 3 and min(v) > 0 for v in inter["times"].values())
+  assert out["ms_per_seq"] == inter["median"]["tiny"]
+  assert out["latency_ratio"] == pytest.approx(inter["median"]["tiny"]
+                                               / inter["median"]["bert-small"])
+  assert out["results"]["bert-small"]["num_layers"] == 1
 
 
 def test_cli_writes_json(tmp_path):

@@ -177,6 +177,25 @@ def test_grouped_layouts_agree():
                                atol=1e-5, rtol=0)
   for a, b in zip(jax.tree.leaves(grads["split"]), jax.tree.leaves(grads["einsum"])):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  # Deterministic split-layout attention runs group by group (each group's q/k/v blocks are
+  # whole heads); it equals projecting all heads and attending over them.
+  from squeezebert.model.model import attention_bias
+  att = model.transformer.layers[0].attention
+  set_grouped_layout(model, "split")
+  x = jax.random.normal(jax.random.key(5), (3, 9, cfg.hidden_size))
+  bias = attention_bias(mask)
+  whole = att.core(*att.project(x), bias, deterministic=True, rngs=None)
+  np.testing.assert_allclose(att(x, bias, deterministic=True, rngs=None), whole, atol=1e-6,
+                             rtol=0)
+  np.testing.assert_allclose(att._per_group(x, bias), whole, atol=1e-6, rtol=0)
+  # Train mode keeps the all-heads path, so its dropout masks match the einsum layout's.
+  drop = SqueezeBert(get_config("tiny", num_hidden_layers=1, attention_probs_dropout_prob=0.5),
+                     head="classification", rngs=nnx.Rngs(params=0))
+  train = {}
+  for layout in ("einsum", "split"):
+    set_grouped_layout(drop, layout)
+    train[layout] = drop(ids, mask, rngs=jax.random.key(7), deterministic=False).logits
+  np.testing.assert_allclose(train["split"], train["einsum"], atol=1e-5, rtol=0)
   set_grouped_layout(model, "auto")
 
 

@@ -219,13 +219,18 @@ class AttentionCore(nnx.Module):
     # ~10% faster whole-model on XLA:CPU (plain batched GEMMs, no strided operands).
     q, k, v = (t.reshape(b, l, h, d // h).transpose(0, 2, 1, 3)
                for t in (q_BxLxD, k_BxLxD, v_BxLxD))
-    s_BxHxLxL = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(d // h)
+    ctx_BxHxLxDh = self.heads(q, k, v, bias_Bx1x1xL, deterministic=deterministic, rngs=rngs)
+    return ctx_BxHxLxDh.transpose(0, 2, 1, 3).reshape(b, l, d)
+
+  def heads(self, q_BxHxLxDh, k_BxHxLxDh, v_BxHxLxDh, bias_Bx1x1xL, *, deterministic, rngs):
+    """Attention on heads-major q, k, v (any number of heads): [B, H, L, D/H] context."""
+    dh = q_BxHxLxDh.shape[-1]
+    s_BxHxLxL = jnp.einsum("bhqd,bhkd->bhqk", q_BxHxLxDh, k_BxHxLxDh) / math.sqrt(dh)
     # Softmax in float32 (exactly HF in fp32; stable under bf16 compute).
     s_BxHxLxL = s_BxHxLxL.astype(jnp.float32) + bias_Bx1x1xL
-    p_BxHxLxL = jax.nn.softmax(s_BxHxLxL, axis=-1).astype(q.dtype)
+    p_BxHxLxL = jax.nn.softmax(s_BxHxLxL, axis=-1).astype(q_BxHxLxDh.dtype)
     p_BxHxLxL = self.dropout(p_BxHxLxL, deterministic=deterministic, rngs=rngs)
-    ctx_BxHxLxDh = jnp.einsum("bhqk,bhkd->bhqd", p_BxHxLxL, v)
-    return ctx_BxHxLxDh.transpose(0, 2, 1, 3).reshape(b, l, d)
+    return jnp.einsum("bhqk,bhkd->bhqd", p_BxHxLxL, v_BxHxLxDh)
 
 
 class SelfAttention(nnx.Module):
@@ -237,25 +242,53 @@ class SelfAttention(nnx.Module):
     self.core = AttentionCore(cfg)
 
   def __call__(self, x_BxLxD, bias_Bx1x1xL, *, deterministic, rngs):
+    if deterministic and self._fused_groups() and self.core.num_heads % self.query.groups == 0:
+      return self._per_group(x_BxLxD, bias_Bx1x1xL)
     q, k, v = self.project(x_BxLxD)
     return self.core(q, k, v, bias_Bx1x1xL, deterministic=deterministic, rngs=rngs)
+
+  def _fused_groups(self) -> bool:
+    """Split layout with equal q/k/v groups (> 1): one fused q/k/v dot per group."""
+    projs = (self.query, self.key, self.value)
+    g = self.query.groups
+    return g > 1 and all(p.groups == g and p.resolved_layout() == "split" for p in projs)
+
+  def _group_qkv(self, x_BxLxD) -> list:
+    """[B, L, 3 D/G] per group: x's slice i times the three kernels' blocks side by side."""
+    projs = (self.query, self.key, self.value)
+    g = self.query.groups
+    dt, ci, co = self.query.dtype, self.query.cin // g, self.query.cout // g
+    kernel_GxIx3O = jnp.concatenate([p.kernel[...].astype(dt) for p in projs], axis=-1)
+    bias_Gx3O = jnp.concatenate([p.bias[...].astype(dt).reshape(g, co) for p in projs], -1)
+    x_BxLxD = x_BxLxD.astype(dt)
+    return [jnp.dot(x_BxLxD[..., i * ci:(i + 1) * ci], kernel_GxIx3O[i]) + bias_Gx3O[i]
+            for i in range(g)]
 
   def project(self, x_BxLxD):
     """(q, k, v). In the split layout with equal groups, group i of all three comes from ONE
     dot of x's slice i with the three kernels' blocks side by side ([Cin/G, 3 Cout/G]): the
     same products, in wider (faster) GEMMs. Otherwise one projection each (what qwix sees)."""
-    projs = (self.query, self.key, self.value)
-    g = self.query.groups
-    if g == 1 or any(p.groups != g or p.resolved_layout() != "split" for p in projs):
-      return tuple(p(x_BxLxD) for p in projs)
-    dt, ci, co = self.query.dtype, self.query.cin // g, self.query.cout // g
-    kernel_GxIx3O = jnp.concatenate([p.kernel[...].astype(dt) for p in projs], axis=-1)
-    bias_Gx3O = jnp.concatenate([p.bias[...].astype(dt).reshape(g, co) for p in projs], -1)
-    x_BxLxD = x_BxLxD.astype(dt)
-    ys = [jnp.dot(x_BxLxD[..., i * ci:(i + 1) * ci], kernel_GxIx3O[i]) + bias_Gx3O[i]
-          for i in range(g)]
+    if not self._fused_groups():
+      return tuple(p(x_BxLxD) for p in (self.query, self.key, self.value))
+    co = self.query.cout // self.query.groups
+    ys = self._group_qkv(x_BxLxD)
     return tuple(jnp.concatenate([y[..., j * co:(j + 1) * co] for y in ys], axis=-1)
                  for j in range(3))
+
+  def _per_group(self, x_BxLxD, bias_Bx1x1xL):
+    """Deterministic split-layout attention, group by group: group i's q/k/v blocks hold
+    exactly heads [i H/G, (i+1) H/G), so each group's dot output goes straight to
+    heads-major [3, B, H/G, L, D/H] (no concatenation of the q, k, v groups) and only the
+    contexts are joined. Same products and sums as the whole-head path."""
+    b, l, d = x_BxLxD.shape
+    g, h = self.query.groups, self.core.num_heads
+    dh = d // h
+    ctx = []
+    for y in self._group_qkv(x_BxLxD):
+      qkv = y.reshape(b, l, 3, h // g, dh).transpose(2, 0, 3, 1, 4)
+      ctx.append(self.core.heads(qkv[0], qkv[1], qkv[2], bias_Bx1x1xL, deterministic=True,
+                                 rngs=None))
+    return jnp.concatenate(ctx, axis=1).transpose(0, 2, 1, 3).reshape(b, l, d)
 
 
 class ProjDropoutNorm(nnx.Module):
