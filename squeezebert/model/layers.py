@@ -278,16 +278,18 @@ class SelfAttention(nnx.Module):
   def _per_group(self, x_BxLxD, bias_Bx1x1xL):
     """Deterministic split-layout attention, group by group: group i's q/k/v blocks hold
     exactly heads [i H/G, (i+1) H/G), so each group's dot output goes straight to
-    heads-major [3, B, H/G, L, D/H] (no concatenation of the q, k, v groups) and only the
+    heads-major [B, H/G, L, D/H] q, k and v (no concatenation of the groups) and only the
     contexts are joined. Same products and sums as the whole-head path."""
     b, l, d = x_BxLxD.shape
     g, h = self.query.groups, self.core.num_heads
     dh = d // h
+    co = d // g
     ctx = []
     for y in self._group_qkv(x_BxLxD):
-      qkv = y.reshape(b, l, 3, h // g, dh).transpose(2, 0, 3, 1, 4)
-      ctx.append(self.core.heads(qkv[0], qkv[1], qkv[2], bias_Bx1x1xL, deterministic=True,
-                                 rngs=None))
+      # One slice-and-transpose copy each for q, k and v.
+      q, k, v = (y[..., j * co:(j + 1) * co].reshape(b, l, h // g, dh).transpose(0, 2, 1, 3)
+                 for j in range(3))
+      ctx.append(self.core.heads(q, k, v, bias_Bx1x1xL, deterministic=True, rngs=None))
     return jnp.concatenate(ctx, axis=1).transpose(0, 2, 1, 3).reshape(b, l, d)
 
 
