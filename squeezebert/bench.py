@@ -3,7 +3,7 @@
     python -m squeezebert.bench --variant squeezebert-base --batch 32 --seq 128 \
         [--dtype bf16] [--param_dtype f32] [--json out.json] [--warmup 2 --iters 5] \
         [--layers N] [--head base]
-    python -m squeezebert.bench --compare --batch 32 --seq 128 --json cmp.json
+    python -m squeezebert.bench --compare --batch 32 --seq 128 --rounds 16 --json cmp.json
     python -m squeezebert.bench --variant squeezebert-base --quant int8 --batch 32 --seq 128
     python -m squeezebert.bench --variant squeezebert-base --paths_rounds 10  # CPU paths A/B
 
@@ -20,7 +20,7 @@ values (the model's own initializers, `--init model`, compile op by op and are s
 small CPU). Each call's process CPU time is recorded too: `cpu_per_wall` near the core
 count means the run had the cores to itself; much lower means other load squeezed it.
 
-CPU notes (2-core AVX2 EPYC, jax 0.10.2, squeezebert-base batch 32 seq 128 fp32):
+CPU notes (2-core AMD EPYC, jax 0.10.2, squeezebert-base batch 32 seq 128 fp32):
 XLA:CPU sends dots in canonical layout to its fast GEMM (YNNPACK fusions) and the rest to
 a generic Eigen path. The grouped einsum '...gi,gio->...go' landed on the slow path (3.5 s
 per batch); group-major '[G, ..., I] x [G, I, O]' (2.7 s) and heads-major attention
@@ -28,11 +28,18 @@ per batch); group-major '[G, ..., I] x [G, I, O]' (2.7 s) and heads-major attent
 default, q/k/v fused per group) beat the batched form by 10-13%, and running the layer stack
 on chunks of 8 sequences (`--batch_chunk`, Encoder.batch_chunk) another ~4-12% (BERT-base
 ~18%): the [B, H, L, L] scores and [B, L, 4D] FFN activations of a 32-sequence batch stream
-through memory, a chunk's stay in cache. The exact GELU is computed through erf (erfc is
-slower). A grouped `lax.conv_general_dilated` (2.9 s), a zero-filled block-diagonal dense
-(4x FLOPs) and XLA_FLAGS (multi_thread_eigen, use_onednn, use_xnnpack, xnn/ynn fusion
-types) gave no gain. The host's speed drifts by tens of percent within an hour: compare
-paths with `--paths_rounds N`, which interleaves them.
+through memory, a chunk's stay in cache. Chunks run as 4 independent chains per loop step
+(`--chunk_streams`, Encoder.chunk_streams; a batch of 32 is one step), so the executor
+overlaps one chain's small fusions with another's GEMMs (~5%, both models). Deterministic
+split-layout attention runs group by group: a group's fused q/k/v dot holds whole heads, so
+it goes straight to heads-major q, k, v without joining the groups (~4%, bit-identical).
+A profile (jax.profiler, xla_cpu_enable_xprof_traceme) now puts ~89% of the executor's
+thread time in YNNPACK fusions (the GEMMs and the fused attention). The exact GELU is computed through erf (erfc is slower).
+A grouped `lax.conv_general_dilated` (2.9 s), a zero-filled block-diagonal dense (4x FLOPs)
+and XLA_FLAGS (multi_thread_eigen, use_onednn, use_xnnpack, xnn/ynn fusion types,
+prefer_vector_width=512) gave no gain. The host's speed drifts by tens of percent within
+minutes: `--compare --rounds N` times the two models interleaved (the ratio and the ms/seq
+target then use those medians) and `--paths_rounds N` interleaves the CPU code paths.
 
 FLOPs. `analytic_flops` counts 2 FLOPs per multiply-accumulate of the matmuls only:
 per layer QKV + post-attention + intermediate + output projections (each divided by its
@@ -228,9 +235,21 @@ def time_calls(fn, args, warmup: int, iters: int) -> tuple[list[float], list[flo
   return wall, cpu
 
 
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
   dev = jax.devices()[0]
   return dict(backend=jax.default_backend(), device=str(dev), device_kind=dev.device_kind,
+              cpu_model=_cpu_model(),
               device_count=jax.device_count(), jax_version=jax.__version__,
               cpu_count=os.cpu_count(), load_avg=list(os.getloadavg()),
               xla_flags=os.environ.get("XLA_FLAGS", ""))
