@@ -34,8 +34,9 @@ overlaps one chain's small fusions with another's GEMMs (~5%, both models). Dete
 split-layout attention runs group by group: a group's fused q/k/v dot holds whole heads, so
 it goes straight to heads-major q, k, v without joining the groups (~4%, bit-identical).
 A profile (jax.profiler, xla_cpu_enable_xprof_traceme) now puts ~89% of the executor's
-thread time in YNNPACK fusions (the GEMMs and the fused attention). The exact GELU is computed through erf (erfc is slower).
-A grouped `lax.conv_general_dilated` (2.9 s), a zero-filled block-diagonal dense (4x FLOPs)
+thread time in YNNPACK fusions (the GEMMs and the fused attention). The exact GELU is
+computed through erf (erfc is slower). A grouped `lax.conv_general_dilated` (2.9 s), a
+zero-filled block-diagonal dense (4x FLOPs)
 and XLA_FLAGS (multi_thread_eigen, use_onednn, use_xnnpack, xnn/ynn fusion types,
 prefer_vector_width=512) gave no gain. The host's speed drifts by tens of percent within
 minutes: `--compare --rounds N` times the two models interleaved (the ratio and the ms/seq
@@ -301,11 +302,7 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
   env = environment()
   graphdef, state, n_params = model_state(cfg, head, seed, init)
   if layout != "auto" or batch_chunk != "auto" or chunk_streams is not None:
-    model = set_grouped_layout(nnx.merge(graphdef, state), layout)
-    model.transformer.batch_chunk = batch_chunk
-    if chunk_streams is not None:
-      model.transformer.chunk_streams = chunk_streams
-    graphdef, state = nnx.split(model)
+    graphdef, state = with_code_paths(graphdef, state, layout, batch_chunk, chunk_streams)
   if qcfg is not None:
     graphdef, state = int8_state(graphdef, state, qcfg)
   forward = make_forward(graphdef)
@@ -363,6 +360,17 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
   return res
 
 
+def with_code_paths(graphdef, state, layout: str = "auto", batch_chunk: str | int = "auto",
+                    chunk_streams: int | None = None):
+  """(graphdef, state) of the model on these CPU code paths (chunk_streams None: the
+  model's own)."""
+  model = set_grouped_layout(nnx.merge(graphdef, state), layout)
+  model.transformer.batch_chunk = batch_chunk
+  if chunk_streams is not None:
+    model.transformer.chunk_streams = chunk_streams
+  return nnx.split(model)
+
+
 def grouped_layouts(graphdef, state) -> list[str]:
   """The layouts the grouped (G > 1) projections of a model run with ([] if it has none)."""
   return sorted({m.resolved_layout() for _, m in nnx.iter_graph(nnx.merge(graphdef, state))
@@ -385,9 +393,7 @@ def compare_paths(variant: str = "squeezebert-base", batch: int = 32, seq: int =
   inputs = make_inputs(cfg, batch, seq, seed)
   compiled = {}
   for layout, chunk, streams in paths:
-    model = set_grouped_layout(nnx.merge(graphdef, state), layout)
-    model.transformer.batch_chunk, model.transformer.chunk_streams = chunk, streams
-    gd, st = nnx.split(model)
+    gd, st = with_code_paths(graphdef, state, layout, chunk, streams)
     fn = make_forward(gd).lower(st, *inputs).compile()
     jax.block_until_ready(fn(st, *inputs))  # warm-up
     compiled[f"{layout}/chunk{chunk}/streams{streams}"] = (fn, (st, *inputs))
@@ -417,12 +423,8 @@ def compiled_call(variant: str, batch: int, seq: int, dtype: str = "float32", se
                   layers: int | None = None, **_):
   """(compiled forward, its arguments) of a preset (base head, fast init) on these code paths."""
   cfg = make_config(variant, dtype, param_dtype, layers)
-  graphdef, state, _ = model_state(cfg, "base", seed)
-  model = set_grouped_layout(nnx.merge(graphdef, state), layout)
-  model.transformer.batch_chunk = batch_chunk
-  if chunk_streams is not None:
-    model.transformer.chunk_streams = chunk_streams
-  graphdef, state = nnx.split(model)
+  graphdef, state = with_code_paths(*model_state(cfg, "base", seed)[:2], layout, batch_chunk,
+                                    chunk_streams)
   args = (state, *make_inputs(cfg, batch, seq, seed))
   fn = make_forward(graphdef).lower(*args).compile()
   jax.block_until_ready(fn(*args))  # warm-up

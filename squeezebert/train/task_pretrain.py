@@ -56,7 +56,8 @@ class PretrainTask:
     return tokenization.load_tokenizer(self.config.data.vocab or None)
 
   @functools.cached_property
-  def _special(self):
+  def special_tokens(self) -> dict:
+    """[MASK] / special / vocab ids for in-step masking (squeezebert.train.masking)."""
     return tokenization.special_token_ids(self.tokenizer)
 
   def load(self, split: str):
@@ -82,7 +83,7 @@ class PretrainTask:
     ids, pos, tgt, w = masking.mask_tokens(
         rng, batch["input_ids"], batch["attention_mask"], batch.get("word_start"),
         mask_prob=self.p.mask_prob, whole_word=self.p.whole_word,
-        max_predictions_per_seq=self._max_pred, **self._special)
+        max_predictions_per_seq=self._max_pred, **self.special_tokens)
     w = w * batch["example_weight"][:, None]
     return dict(batch, input_ids=ids, unmasked_input_ids=batch["input_ids"],
                 masked_positions=pos, mlm_targets=tgt, mlm_weights=w)

@@ -209,12 +209,12 @@ def _distill_config(config):
 
 def _load_teacher(config, task, model):
   from squeezebert.train import distill  # noqa: PLC0415
-  if config.distill.get("augment_prob", 0.0) > 0 and (
-      task.head not in ("classification", "regression") or not hasattr(task, "special_tokens")):
+  dcfg = _distill_config(config)
+  if dcfg.augment_prob > 0 and task.head not in ("classification", "regression"):
     raise ValueError(f"config.distill.augment_prob is for sentence-level tasks (GLUE); task "
                      f"{config.task!r} has head {task.head!r}")
   return distill.Teacher(config.distill.teacher, task.head, task.num_labels, model.config,
-                         config.dtype, _distill_config(config))
+                         config.dtype, dcfg)
 
 
 def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
