@@ -99,6 +99,7 @@ def base_train_config() -> ml_collections.ConfigDict:
                                   # projection at unequal widths; alpha=0: hidden states only)
       augment_prob=0.0,           # >0 (GLUE): the teacher terms also run on a copy of each batch
                                   # with this fraction of tokens -> [MASK] / random tokens
+      augment_copies=1,           # corrupted copies per batch (student and teacher see (1+n)B rows)
   ))
   # Quantization (squeezebert/quant): QAT is a switch of this trainer; PTQ / int8 conversion
   # of a finished workdir: python -m squeezebert.quant --workdir RUN --mode ptq|int8 --out DIR.

@@ -68,7 +68,9 @@ def test_hidden_transfer_and_layer_map():
 
 @pytest.mark.parametrize("kw,match", [(dict(alpha=1.5), "alpha"), (dict(temperature=0.0),
                                                                     "temperature"),
-                                      (dict(augment_prob=1.0), "augment_prob")])
+                                      (dict(augment_prob=1.0), "augment_prob"),
+                                      (dict(augment_copies=0), "augment_copies"),
+                                      (dict(augment_copies=1.5), "augment_copies")])
 def test_bad_distill_config(kw, match):
   with pytest.raises(ValueError, match=match):
     distill.DistillConfig(**kw)
@@ -226,6 +228,13 @@ def test_augmented_copy_doubles_the_batch_and_keeps_weights():
   out = ModelOutput(last_hidden_state=jnp.zeros((4, 3, 2)), pooler_output=jnp.zeros((4, 2)),
                     logits=jnp.arange(8.).reshape(4, 2))
   np.testing.assert_array_equal(distill.first_rows(out, 2).logits, [[0, 1], [2, 3]])
+  aug2 = jnp.array([[101, 4, 102], [101, 103, 102]])
+  three = distill.with_augmented_copy(batch, aug, aug2)
+  np.testing.assert_array_equal(three["input_ids"],
+                                jnp.concatenate([batch["input_ids"], aug, aug2]))
+  np.testing.assert_array_equal(three["example_weight"], [1, 0, 1, 0, 1, 0])
+  with pytest.raises(ValueError, match="at least one"):
+    distill.with_augmented_copy(batch)
 
 
 @needs_tfds
@@ -251,3 +260,9 @@ def test_distillation_with_augmentation(teacher_dir, tmp_path):
   assert same["kd_loss"] == pytest.approx(plain["kd_loss"], rel=1e-5)
   assert aug["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
   assert aug["kd_loss"] != pytest.approx(plain["kd_loss"], rel=1e-3)
+  # Three copies: (1 + 3) B rows; the task loss still reads only the first B.
+  same3 = first_train_row("tiny3", distill__augment_prob=1e-9, distill__augment_copies=3)
+  aug3 = first_train_row("aug3", distill__augment_prob=0.3, distill__augment_copies=3)
+  assert same3["kd_loss"] == pytest.approx(plain["kd_loss"], rel=1e-5)
+  assert aug3["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
+  assert aug3["kd_loss"] != pytest.approx(aug["kd_loss"], rel=1e-3)

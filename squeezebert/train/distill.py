@@ -38,6 +38,7 @@ class DistillConfig:
   hidden_weight: float = 0.0  # >0: MSE between mapped hidden states (learned projection at
                               # unequal widths)
   augment_prob: float = 0.0   # >0: the teacher terms also run on a corrupted copy of the batch
+  augment_copies: int = 1     # corrupted copies per batch (each drawn independently)
 
   @property
   def hidden_only(self) -> bool:
@@ -52,6 +53,9 @@ class DistillConfig:
       raise ValueError(f"distill.hidden_weight must be >= 0, got {self.hidden_weight}")
     if not 0.0 <= self.augment_prob < 1.0:
       raise ValueError(f"distill.augment_prob must be in [0, 1), got {self.augment_prob}")
+    if not (isinstance(self.augment_copies, int) and self.augment_copies >= 1):
+      raise ValueError(f"distill.augment_copies must be an integer >= 1, got "
+                       f"{self.augment_copies!r}")
 
 
 def soft_cross_entropy_kl(student_logits, teacher_logits, temperature: float):
@@ -79,14 +83,17 @@ def augment_ids(rng, ids_BxL, attention_mask_BxL, *, prob: float, mask_id: int, 
   return jnp.where(pick, new, ids_BxL)
 
 
-def with_augmented_copy(batch: dict, aug_ids_BxL) -> dict:
-  """[batch; batch with input_ids = aug_ids] along the batch axis (2B rows; a padding row's
-  copy keeps weight 0). The student's one forward on it serves the task loss (first B rows)
-  and the teacher terms (all rows)."""
-  b = aug_ids_BxL.shape[0]
-  out = {k: jnp.concatenate([v, v]) for k, v in batch.items()
+def with_augmented_copy(batch: dict, *aug_ids_BxL) -> dict:
+  """[batch; batch with input_ids = aug_ids_1; ...] along the batch axis ((1 + n) B rows; a
+  padding row's copies keep weight 0). The student's one forward on it serves the task loss
+  (first B rows) and the teacher terms (all rows)."""
+  if not aug_ids_BxL:
+    raise ValueError("with_augmented_copy needs at least one augmented input_ids array")
+  b = batch["input_ids"].shape[0]
+  n = 1 + len(aug_ids_BxL)
+  out = {k: jnp.concatenate([v] * n) for k, v in batch.items()
          if hasattr(v, "shape") and v.ndim and v.shape[0] == b}
-  out["input_ids"] = jnp.concatenate([batch["input_ids"], aug_ids_BxL])
+  out["input_ids"] = jnp.concatenate([batch["input_ids"], *aug_ids_BxL])
   return out
 
 

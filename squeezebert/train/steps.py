@@ -41,9 +41,12 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
     kd_batch = batch
     if augment:  # the teacher terms also see a corrupted copy of every sentence
       drop_rng, aug_rng = jax.random.split(drop_rng)
-      aug_ids = distill.augment_ids(aug_rng, batch["input_ids"], batch["attention_mask"],
-                                    prob=distill_cfg.augment_prob, **task.special_tokens)
-      kd_batch = distill.with_augmented_copy(batch, aug_ids)
+      n = distill_cfg.augment_copies
+      keys = [aug_rng] if n == 1 else list(jax.random.split(aug_rng, n))
+      aug_ids = [distill.augment_ids(k, batch["input_ids"], batch["attention_mask"],
+                                     prob=distill_cfg.augment_prob, **task.special_tokens)
+                 for k in keys]
+      kd_batch = distill.with_augmented_copy(batch, *aug_ids)
     kd_out = _forward(model, kd_batch, drop_rng, False, kwargs, output_hidden_states=hidden)
     out = distill.first_rows(kd_out, batch["input_ids"].shape[0]) if augment else kd_out
     loss, aux = task.loss(out, batch)

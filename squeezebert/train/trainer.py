@@ -204,7 +204,8 @@ def _distill_config(config):
   return distill.DistillConfig(alpha=config.distill.alpha,
                                temperature=config.distill.temperature,
                                hidden_weight=config.distill.hidden_weight,
-                               augment_prob=config.distill.get("augment_prob", 0.0))
+                               augment_prob=config.distill.get("augment_prob", 0.0),
+                               augment_copies=config.distill.get("augment_copies", 1))
 
 
 def _load_teacher(config, task, model):
