@@ -39,9 +39,10 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
     mask_rng, drop_rng = jax.random.split(rng) if hasattr(task, "prepare") else (None, rng)
     batch, kwargs = _prepare(task, batch, mask_rng, train=True)
     kd_batch = batch
-    if augment:  # the teacher terms also see a corrupted copy of every sentence
+    if augment:  # the teacher terms also see corrupted copies of every sentence
       drop_rng, aug_rng = jax.random.split(drop_rng)
       n = distill_cfg.augment_copies
+      # One copy uses aug_rng itself, so one-copy runs keep the random stream they always had.
       keys = [aug_rng] if n == 1 else list(jax.random.split(aug_rng, n))
       aug_ids = [distill.augment_ids(k, batch["input_ids"], batch["attention_mask"],
                                      prob=distill_cfg.augment_prob, **task.special_tokens)
