@@ -320,3 +320,16 @@ def test_pretrain_hidden_state_distillation_from_a_plain_encoder(corpus_dir, tmp
   # Teacher and student widths are equal: no projection is made.
   assert "distill_projection" not in json.loads((tmp_path / "run" / "run.json").read_text())
   assert distill.projection_of(convert.from_pretrained(str(tmp_path / "run"))) is None
+
+
+def test_init_from_warns_about_inherited_dropout():
+  """A pretraining run without dropout hands 0.0 to its fine-tunes unless they set it."""
+  from squeezebert.train.trainer import inherited_dropout_note  # noqa: PLC0415
+  no_drop = get_config("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  note = inherited_dropout_note(no_drop, {})
+  assert "hidden_dropout_prob=0.0" in note and "attention_probs_dropout_prob=0.0" in note
+  note = inherited_dropout_note(no_drop, {"hidden_dropout_prob": 0.1})
+  assert "hidden_dropout_prob" not in note and "attention_probs_dropout_prob=0.0" in note
+  assert inherited_dropout_note(no_drop, {"hidden_dropout_prob": 0.1,
+                                          "attention_probs_dropout_prob": 0.1}) is None
+  assert inherited_dropout_note(get_config("tiny"), {}) is None

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from squeezebert import configlib as common
 from squeezebert import convert
 from squeezebert.data import batching
-from squeezebert.model import SqueezeBert, get_config
+from squeezebert.model import ModelConfig, SqueezeBert, get_config
 from squeezebert.train import checkpoint as ckpt_lib
 from squeezebert.train import optim, steps as steps_lib, tasks as tasks_lib
 from squeezebert.train.logger import MetricLogger, Progress
@@ -83,6 +83,18 @@ def quant_config(config):
   return QuantConfig.from_dict(config.quant) if "quant" in config else QuantConfig()
 
 
+def inherited_dropout_note(model_cfg, overrides: dict) -> str | None:
+  """A warning when a model loaded through init_from keeps a non-default dropout from its
+  checkpoint (e.g. 0.0 from a pretraining run) that this run's config does not set."""
+  default = ModelConfig()
+  kept = [f"{k}={getattr(model_cfg, k)}" for k in common.MODEL_FLOAT_FIELDS
+          if k not in overrides and getattr(model_cfg, k) != getattr(default, k)]
+  if not kept:
+    return None
+  return (f"init_from model keeps {', '.join(kept)} from its checkpoint (defaults "
+          f"{default.hidden_dropout_prob}); set --config.model.<name> to change it")
+
+
 def build_model(config, task) -> SqueezeBert:
   """The float model; with config.quant.mode=qat its QAT version (same parameters)."""
   overrides = dict(common.model_overrides(config.model), dtype=config.dtype)
@@ -95,6 +107,9 @@ def build_model(config, task) -> SqueezeBert:
     n_layers = overrides.pop("num_hidden_layers", None) if init_layers else None
     model = convert.from_pretrained(config.init_from, head=task.head,
                                     num_labels=task.num_labels, seed=config.seed, **overrides)
+    note = inherited_dropout_note(model.config, overrides)
+    if note:
+      logging.warning("%s", note)
     if init_layers:  # layer reduction: a shallower copy (DistilBERT: every other layer)
       from squeezebert.model import surgery  # noqa: PLC0415
       n_src = model.config.num_hidden_layers
