@@ -324,7 +324,7 @@ def test_pretrain_hidden_state_distillation_from_a_plain_encoder(corpus_dir, tmp
 
 def test_init_from_warns_about_inherited_dropout():
   """A pretraining run without dropout hands 0.0 to its fine-tunes unless they set it."""
-  from squeezebert.train.trainer import inherited_dropout_note  # noqa: PLC0415
+  inherited_dropout_note = trainer.inherited_dropout_note
   no_drop = get_config("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   note = inherited_dropout_note(no_drop, {})
   assert "hidden_dropout_prob=0.0" in note and "attention_probs_dropout_prob=0.0" in note

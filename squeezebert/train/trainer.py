@@ -87,12 +87,13 @@ def inherited_dropout_note(model_cfg, overrides: dict) -> str | None:
   """A warning when a model loaded through init_from keeps a non-default dropout from its
   checkpoint (e.g. 0.0 from a pretraining run) that this run's config does not set."""
   default = ModelConfig()
-  kept = [f"{k}={getattr(model_cfg, k)}" for k in common.MODEL_FLOAT_FIELDS
+  kept = [f"{k}={getattr(model_cfg, k)} (default {getattr(default, k)})"
+          for k in common.MODEL_FLOAT_FIELDS
           if k not in overrides and getattr(model_cfg, k) != getattr(default, k)]
   if not kept:
     return None
-  return (f"init_from model keeps {', '.join(kept)} from its checkpoint (defaults "
-          f"{default.hidden_dropout_prob}); set --config.model.<name> to change it")
+  return (f"init_from model keeps {', '.join(kept)} from its checkpoint; set "
+          "--config.model.<name> to change it")
 
 
 def build_model(config, task) -> SqueezeBert:
