@@ -104,6 +104,24 @@ def set_word_embeddings(model, table_VxH: np.ndarray, covered_V: np.ndarray | No
   p[...] = jnp.asarray(new, old.dtype)
 
 
+def from_teacher(cfg, teacher: str):
+  """(table, covered) for a student of config `cfg` from the word embeddings of the
+  checkpoint at `teacher` (any format convert.from_pretrained reads, the same vocabulary)."""
+  from squeezebert import convert  # noqa: PLC0415
+  if not teacher:
+    raise ValueError("embedding init from a teacher needs a teacher checkpoint directory")
+  t = convert.from_pretrained(teacher)
+  t_table = np.asarray(t.transformer.embeddings.word_embeddings[...])
+  n_t = t_table.shape[0]
+  if not 0 <= cfg.vocab_size - n_t < 64:  # the same vocab, the student's padded (30522->30528)
+    raise ValueError(f"teacher vocab {n_t} does not match student vocab {cfg.vocab_size} "
+                     "(the student may only pad the teacher's vocab by < 64 rows)")
+  rows, _ = teacher_embeddings(t_table, cfg.embedding_size, std=cfg.initializer_range)
+  table = np.zeros((cfg.vocab_size, cfg.embedding_size), np.float32)
+  table[:n_t] = rows
+  return table, np.arange(cfg.vocab_size) < n_t  # padding rows keep their random init
+
+
 def build(method: str, variant: str, out: str, *, packed: str = "", teacher: str = "",
           window: int = 5, min_count: float = 20.0, seed: int = 0) -> str:
   """A fresh `variant` model (seed `seed`) with initialised word embeddings, saved to `out`."""
@@ -130,18 +148,7 @@ def build(method: str, variant: str, out: str, *, packed: str = "", teacher: str
     extra = dict(embed_init=dict(method="ppmi", packed=os.path.abspath(packed), window=window,
                                  min_count=min_count, covered=int(covered.sum())))
   elif method == "teacher":
-    if not teacher:
-      raise ValueError("--method=teacher needs --teacher (a checkpoint with the same vocab)")
-    t = convert.from_pretrained(teacher)
-    t_table = np.asarray(t.transformer.embeddings.word_embeddings[...])
-    n_t = t_table.shape[0]
-    if not 0 <= cfg.vocab_size - n_t < 64:  # the same vocab, the student's padded (30522->30528)
-      raise ValueError(f"teacher vocab {n_t} does not match student vocab {cfg.vocab_size} "
-                       "(the student may only pad the teacher's vocab by < 64 rows)")
-    rows, _ = teacher_embeddings(t_table, cfg.embedding_size, std=std)
-    table = np.zeros((cfg.vocab_size, cfg.embedding_size), np.float32)
-    table[:n_t] = rows
-    covered = np.arange(cfg.vocab_size) < n_t  # padding rows keep their random init
+    table, covered = from_teacher(cfg, teacher)
     extra = dict(embed_init=dict(method="teacher", teacher=os.path.abspath(teacher)))
   else:
     raise ValueError(f"unknown --method={method!r}; known: ppmi, teacher")

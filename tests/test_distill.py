@@ -266,3 +266,24 @@ def test_distillation_with_augmentation(teacher_dir, tmp_path):
   assert same3["kd_loss"] == pytest.approx(plain["kd_loss"], rel=1e-5)
   assert aug3["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
   assert aug3["kd_loss"] != pytest.approx(aug["kd_loss"], rel=1e-3)
+
+
+@needs_tfds
+def test_embedding_init_from_teacher(teacher_dir, tmp_path):
+  """distill.embedding_init: the scratch student's word embeddings start as the teacher's
+  table projected to the student's width (here equal widths), then train as usual."""
+  from squeezebert import embed_init
+  cfg = runlocal(distill__teacher=str(teacher_dir), distill__embedding_init=True,
+                 learning_rate=1e-12, num_train_steps=2, eval_every_steps=2)
+  trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  got = np.asarray(convert.from_pretrained(str(tmp_path / "w"))
+                   .transformer.embeddings.word_embeddings[...])
+  want, covered = embed_init.from_teacher(get_config("tiny", vocab_size=30522),
+                                          str(teacher_dir))
+  assert covered.all()
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  with pytest.raises(ValueError, match="needs config.distill.teacher"):
+    trainer.train_and_evaluate(runlocal(distill__embedding_init=True), str(tmp_path / "x"))
+  with pytest.raises(ValueError, match="init_from"):
+    trainer.train_and_evaluate(runlocal(distill__teacher=str(teacher_dir), init_from=str(teacher_dir),
+                                        distill__embedding_init=True), str(tmp_path / "y"))

@@ -59,6 +59,13 @@ def _validate(config):
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
   if config.get("step_delay_secs", 0.0) < 0:
     raise ValueError(f"config.step_delay_secs must be >= 0, got {config.step_delay_secs}")
+  if config.distill.get("embedding_init"):
+    if not config.distill.teacher:
+      raise ValueError("config.distill.embedding_init needs config.distill.teacher (the table "
+                       "to project)")
+    if config.init_from:
+      raise ValueError("config.distill.embedding_init starts a from-scratch student; it cannot "
+                       "combine with config.init_from (that model brings its own embeddings)")
   if config.distill.teacher:
     _distill_config(config)  # raises on bad values
     if not os.path.isdir(config.distill.teacher):
@@ -121,6 +128,12 @@ def build_model(config, task) -> SqueezeBert:
     cfg = get_config(config.model.variant, **overrides)
     model = SqueezeBert(cfg, head=task.head, num_labels=task.num_labels,
                         rngs=nnx.Rngs(params=config.seed))
+    if config.distill.get("embedding_init") and config.mode == "train":
+      from squeezebert import embed_init  # noqa: PLC0415
+      table, covered = embed_init.from_teacher(cfg, config.distill.teacher)
+      embed_init.set_word_embeddings(model, table, covered)
+      logging.info("word embeddings: %s's table projected to width %d (%d rows)",
+                   config.distill.teacher, cfg.embedding_size, int(covered.sum()))
   qcfg = quant_config(config)
   if qcfg.mode == "qat":
     from squeezebert import quant  # noqa: PLC0415
