@@ -3,8 +3,9 @@ table knowledge before gradient training starts.
 
   ppmi     count-based pretraining on a token corpus: the positive PMI matrix of windowed
            co-occurrences (1/distance weights, context counts smoothed by ^0.75), factorised by
-           truncated SVD; rows are U * sqrt(S) (Levy, Goldberg & Dagan 2015). On 2 CPU cores
-           it takes minutes where MLM pretraining needs hours to learn word similarity.
+           truncated SVD; rows are U * sqrt(S) (Levy, Goldberg & Dagan 2015). The 29M-token
+           local corpus takes 52 s on 2 CPU cores, where MLM pretraining sees ~5M tokens in
+           35 minutes.
   teacher  embedding-layer distillation from a teacher with the same vocabulary: TinyBERT's
            loss ||E_student W - E_teacher||^2 over the whole table, minimised in closed form
            (rank-H truncated SVD of the teacher's table: E_student = U S, W = V^T).
@@ -71,6 +72,9 @@ def ppmi_embeddings(ids_NxL, lengths_N, vocab_size: int, dim: int, *, window: in
   from sklearn.utils.extmath import randomized_svd  # noqa: PLC0415
   t0 = time.time()
   counts = cooccurrence(ids_NxL, lengths_N, vocab_size, window)
+  if counts.nnz == 0:
+    raise ValueError("no co-occurring ordinary tokens (ids >= %d) in the packed data: empty or "
+                     "all-special corpus?" % FIRST_ORDINARY_ID)
   covered = np.asarray(counts.sum(1)).ravel() >= min_count
   m = ppmi(counts)
   logging.info("co-occurrence: %d nonzeros, %d/%d tokens covered (%.0fs)", m.nnz,

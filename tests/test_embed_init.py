@@ -52,6 +52,8 @@ def test_ppmi_embeddings_group_cooccurring_tokens():
   assert within > across + 0.5, (within, across)
   np.testing.assert_allclose(np.linalg.norm(table[999:1009], axis=1), 0.02 * np.sqrt(4),
                              rtol=1e-5)
+  with pytest.raises(ValueError, match="no co-occurring"):
+    embed_init.ppmi_embeddings(np.full((2, 4), 101), np.full(2, 4), V, 4)
 
 
 def test_teacher_embeddings_minimise_tinybert_loss():
