@@ -23,6 +23,7 @@ barely covers keep their random init. The result is one of our model directories
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -102,20 +103,18 @@ def set_word_embeddings(model, table_VxH: np.ndarray, covered_V: np.ndarray | No
   if old.shape != table_VxH.shape:
     raise ValueError(f"embedding table {table_VxH.shape} does not fit the model's {old.shape} "
                      "(vocab size and embedding_size must match)")
-  new = old.copy() if covered_V is not None else table_VxH
-  if covered_V is not None:
+  if covered_V is None:
+    new = table_VxH
+  else:
+    new = old.copy()
     new[covered_V] = table_VxH[covered_V]
   p[...] = jnp.asarray(new, old.dtype)
 
 
-def from_teacher(cfg, teacher: str):
-  """(table, covered) for a student of config `cfg` from the word embeddings of the
-  checkpoint at `teacher` (any format convert.from_pretrained reads, the same vocabulary)."""
-  from squeezebert import convert  # noqa: PLC0415
-  if not teacher:
-    raise ValueError("embedding init from a teacher needs a teacher checkpoint directory")
-  t = convert.from_pretrained(teacher)
-  t_table = np.asarray(t.transformer.embeddings.word_embeddings[...])
+def teacher_table(cfg, teacher_VxT: np.ndarray):
+  """(table, covered) for a student of config `cfg` from a teacher's word-embedding table (the
+  same vocabulary; the student's may be padded by < 64 rows, which keep their random init)."""
+  t_table = np.asarray(teacher_VxT)
   n_t = t_table.shape[0]
   if not 0 <= cfg.vocab_size - n_t < 64:  # the same vocab, the student's padded (30522->30528)
     raise ValueError(f"teacher vocab {n_t} does not match student vocab {cfg.vocab_size} "
@@ -123,14 +122,22 @@ def from_teacher(cfg, teacher: str):
   rows, _ = teacher_embeddings(t_table, cfg.embedding_size, std=cfg.initializer_range)
   table = np.zeros((cfg.vocab_size, cfg.embedding_size), np.float32)
   table[:n_t] = rows
-  return table, np.arange(cfg.vocab_size) < n_t  # padding rows keep their random init
+  return table, np.arange(cfg.vocab_size) < n_t
+
+
+def from_teacher(cfg, teacher: str):
+  """`teacher_table` from the checkpoint at `teacher` (any format convert.from_pretrained
+  reads)."""
+  from squeezebert import convert  # noqa: PLC0415
+  if not teacher:
+    raise ValueError("embedding init from a teacher needs a teacher checkpoint directory")
+  t = convert.from_pretrained(teacher)
+  return teacher_table(cfg, t.transformer.embeddings.word_embeddings[...])
 
 
 def build(method: str, variant: str, out: str, *, packed: str = "", teacher: str = "",
           window: int = 5, min_count: float = 20.0, seed: int = 0) -> str:
   """A fresh `variant` model (seed `seed`) with initialised word embeddings, saved to `out`."""
-  import os  # noqa: PLC0415
-
   from flax import nnx  # noqa: PLC0415
 
   from squeezebert import convert  # noqa: PLC0415

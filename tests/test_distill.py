@@ -285,5 +285,6 @@ def test_embedding_init_from_teacher(teacher_dir, tmp_path):
   with pytest.raises(ValueError, match="needs config.distill.teacher"):
     trainer.train_and_evaluate(runlocal(distill__embedding_init=True), str(tmp_path / "x"))
   with pytest.raises(ValueError, match="init_from"):
-    trainer.train_and_evaluate(runlocal(distill__teacher=str(teacher_dir), init_from=str(teacher_dir),
+    trainer.train_and_evaluate(runlocal(distill__teacher=str(teacher_dir),
+                                        init_from=str(teacher_dir),
                                         distill__embedding_init=True), str(tmp_path / "y"))

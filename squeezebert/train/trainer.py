@@ -128,12 +128,6 @@ def build_model(config, task) -> SqueezeBert:
     cfg = get_config(config.model.variant, **overrides)
     model = SqueezeBert(cfg, head=task.head, num_labels=task.num_labels,
                         rngs=nnx.Rngs(params=config.seed))
-    if config.distill.get("embedding_init") and config.mode == "train":
-      from squeezebert import embed_init  # noqa: PLC0415
-      table, covered = embed_init.from_teacher(cfg, config.distill.teacher)
-      embed_init.set_word_embeddings(model, table, covered)
-      logging.info("word embeddings: %s's table projected to width %d (%d rows)",
-                   config.distill.teacher, cfg.embedding_size, int(covered.sum()))
   qcfg = quant_config(config)
   if qcfg.mode == "qat":
     from squeezebert import quant  # noqa: PLC0415
@@ -206,6 +200,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   teacher = None
   if config.mode == "train" and config.distill.teacher:
     teacher = _load_teacher(config, task, model)
+    if config.distill.get("embedding_init"):  # a scratch student (_validate forbids init_from)
+      from squeezebert import embed_init  # noqa: PLC0415
+      table, covered = embed_init.teacher_table(
+          model.config, teacher.model.transformer.embeddings.word_embeddings[...])
+      embed_init.set_word_embeddings(model, table, covered)
+      logging.info("word embeddings: %s's table projected to width %d (%d rows)",
+                   teacher.path, model.config.embedding_size, int(covered.sum()))
     projection = teacher.projection_shape
   else:  # eval/predict of a run that trained a projection: its checkpoints hold it
     old = (ckpt_lib.read_run_file(workdir)
