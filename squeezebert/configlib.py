@@ -90,6 +90,8 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.adam_b2 = 0.999
   c.adam_eps = 1e-6
   c.grad_clip_norm = 1.0          # 0 disables
+  c.freeze_params = ""            # comma-separated parameter-path fragments kept fixed, e.g.
+                                  #   "word_embeddings" (pretraining on an imported table)
   # Knowledge distillation (squeezebert/train/distill.py): a frozen teacher in the train step.
   c.distill = ml_collections.ConfigDict(dict(
       teacher="",                 # "" = off | HF dir | our model dir | workdir, with the task's head

@@ -401,6 +401,37 @@ def test_weight_decay_applied_only_where_masked():
   np.testing.assert_array_equal(after["classifier"]["bias"], before["classifier"]["bias"])
 
 
+def test_freeze_params_keeps_the_table_fixed_and_trains_the_rest():
+  """freeze_params: the named parameters get neither gradient steps nor weight decay (a tied
+  MLM decoder included); every other parameter still moves; a fragment that names nothing
+  is refused before training."""
+  from squeezebert.model import SqueezeBert, get_config
+  model = SqueezeBert(get_config("tiny"), head="mlm", num_labels=2, rngs=nnx.Rngs(params=0))
+  cfg = runlocal(learning_rate=0.1, weight_decay=0.5, warmup_steps=0, warmup_ratio=0.0,
+                 freeze_params="word_embeddings")
+  opt = optim.make_optimizer(model, optim.make_tx(cfg, total=10, warmup=0)[0])
+  before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  ids = jnp.asarray(np.random.default_rng(0).integers(5, 99, (2, 8)), jnp.int32)
+
+  @nnx.jit
+  def update(model, opt):
+    def loss(m):  # MLM logits read the (tied) word embeddings
+      return jnp.mean(jnp.square(m(ids, deterministic=True).logits))
+    opt.update(model, nnx.grad(loss)(model))
+
+  update(model, opt)
+  after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  emb = lambda t: t["transformer"]["embeddings"]
+  np.testing.assert_array_equal(emb(after)["word_embeddings"], emb(before)["word_embeddings"])
+  assert not np.allclose(emb(after)["position_embeddings"], emb(before)["position_embeddings"])
+  kernel = lambda t: t["transformer"]["layers"][0]["post_attention"]["proj"]["kernel"]
+  assert not np.allclose(kernel(after), kernel(before))
+
+  bad = runlocal(freeze_params="word_embedings")
+  with pytest.raises(ValueError, match="word_embedings.*match no parameter"):
+    optim.make_optimizer(model, optim.make_tx(bad, total=10, warmup=0)[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input: clear errors
 

@@ -1,5 +1,5 @@
-"""Optimizer from config: AdamW or LAMB, linear warmup + linear decay, clipping, and no weight
-decay on LayerNorm parameters and biases."""
+"""Optimizer from config: AdamW or LAMB, linear warmup + linear decay, clipping, no weight
+decay on LayerNorm parameters and biases, and optionally frozen parameters."""
 
 from __future__ import annotations
 
@@ -41,10 +41,42 @@ def schedule(peak_lr: float, total: int, warmup: int) -> optax.Schedule:
 def decay_mask(params):
   """True where weight decay applies: kernels and embeddings, not LayerNorm or biases."""
   def keep(path, x):
-    names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+    names = _path_names(path)
     is_ln = any("layer_norm" in n for n in names)
     return not (is_ln or names[-1] in ("bias", "scale") or x.ndim < 2)
   return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def _path_names(path) -> list[str]:
+  return [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+
+
+def frozen_fragments(config) -> tuple[str, ...]:
+  """config.freeze_params: comma-separated fragments of parameter paths, e.g.
+  "word_embeddings" (a module or parameter name; matched against each '/'-joined path)."""
+  spec = config.get("freeze_params", "") or ""
+  if not isinstance(spec, str):
+    raise ValueError(f"config.freeze_params must be a comma-separated string, got {spec!r}")
+  return tuple(f.strip() for f in spec.split(",") if f.strip())
+
+
+def frozen_labels(fragments):
+  """params -> a tree of "frozen" / "train" labels; raises if a fragment matches nothing."""
+  def labels(params):
+    seen = set()
+
+    def label(path, _):
+      joined = "/".join(_path_names(path))
+      hit = [f for f in fragments if f in joined]
+      seen.update(hit)
+      return "frozen" if hit else "train"
+    out = jax.tree_util.tree_map_with_path(label, params)
+    missing = [f for f in fragments if f not in seen]
+    if missing:
+      raise ValueError(f"config.freeze_params: {missing} match no parameter path of the model "
+                       f"(e.g. 'word_embeddings', 'encoder/layers/0')")
+    return out
+  return labels
 
 
 def make_tx(config, total: int, warmup: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -60,7 +92,12 @@ def make_tx(config, total: int, warmup: int) -> tuple[optax.GradientTransformati
   if config.grad_clip_norm < 0:
     raise ValueError(f"config.grad_clip_norm must be >= 0, got {config.grad_clip_norm}")
   parts = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
-  return optax.chain(*parts, core), lr
+  tx = optax.chain(*parts, core)
+  fragments = frozen_fragments(config)
+  if fragments:  # frozen params get zero updates, no decay, and no share of the clipping norm
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               frozen_labels(fragments))
+  return tx, lr
 
 
 def make_optimizer(model, tx) -> nnx.Optimizer:

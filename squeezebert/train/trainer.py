@@ -217,6 +217,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     distill.attach_projection(model, projection, seed=config.seed)
     run["distill_projection"] = list(projection)
     logging.info("hidden-state transfer through a learned projection %s", tuple(projection))
+  fragments = optim.frozen_fragments(config)
+  if fragments and config.mode == "train":  # a fragment naming nothing fails before any data
+    optim.frozen_labels(fragments)(nnx.state(model, nnx.Param))
+    logging.info("frozen parameters (no updates): %s", ", ".join(fragments))
   ckpt_lib.write_run_file(workdir, run)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                best_metric=task.main_metric, best_mode=task.metric_mode)
