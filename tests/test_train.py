@@ -468,6 +468,14 @@ def test_bad_config_values_fail_before_any_work(tmp_path, overrides, match):
   assert not wd.exists()
 
 
+def test_freeze_params_typo_refused_before_data(tmp_path, monkeypatch):
+  monkeypatch.setattr(tasks_lib.GlueTask, "load", lambda *a: pytest.fail("data was read"))
+  with pytest.raises(ValueError, match="'word_embedding_table'.*match no parameter"):
+    trainer.train_and_evaluate(runlocal(freeze_params="layer_norm,word_embedding_table"),
+                               str(tmp_path))
+  assert not (tmp_path / ckpt_lib.RUN_FILE).exists()
+
+
 def test_unknown_model_variant(tmp_path):
   with pytest.raises(ValueError, match="unknown model variant 'huge'"):
     trainer.train_and_evaluate(runlocal(model__variant="huge"), str(tmp_path))
