@@ -63,6 +63,8 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.init_from = ""                # "" (scratch) | HF dir | our model dir | a training workdir
   c.init_layers = ""              # with init_from and model.num_hidden_layers = n: take n of its
                                   #   layers: first_k | every_other (DistilBERT) | "0,2,4"
+  c.reinit_params = ""            # with init_from: comma-separated parameter-path fragments
+                                  #   reset to the seed's fresh init, e.g. "pooler,layers/3/"
   c.dtype = "float32"             # compute dtype: float32 | bfloat16 (params stay float32)
   # Data.
   c.data = ml_collections.ConfigDict(dict(

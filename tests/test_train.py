@@ -460,6 +460,7 @@ def test_unknown_task_and_config_argument():
     (dict(log_every_steps=0), "log_every_steps must be >= 1"),
     (dict(weight_decay=-0.1), "weight_decay must be >= 0"),
     (dict(data__source="csv"), "data.source must be auto|tfds|tsv"),
+    (dict(reinit_params="pooler"), "reinit_params='pooler' needs config.init_from"),
 ])
 def test_bad_config_values_fail_before_any_work(tmp_path, overrides, match):
   wd = tmp_path / "wd"

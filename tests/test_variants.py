@@ -150,6 +150,22 @@ def test_select_layers_copies_exactly():
   assert not np.allclose(big_h[2], small(IDS, MASK).last_hidden_state)
 
 
+def test_reinit_resets_only_the_named_parameters():
+  """reinit: paths containing a fragment take the seed's fresh init, all others are copied."""
+  loaded = make(num_hidden_layers=2)
+  nnx.update(loaded, jax.tree.map(lambda p: p + 1.0, nnx.state(loaded, nnx.Param)))  # "trained"
+  out, hit = surgery.reinit(loaded, ("pooler", "layers/1/"), seed=3)
+  fresh = convert.flat_params(SqueezeBert(loaded.config, head="classification", num_labels=2,
+                                          rngs=nnx.Rngs(params=3)))
+  old, new = convert.flat_params(loaded), convert.flat_params(out)
+  assert hit and all("pooler" in k or "layers/1/" in k for k in hit)
+  assert any("layers/1/attention" in k for k in hit) and not any("layers/0/" in k for k in hit)
+  for k, v in new.items():
+    np.testing.assert_array_equal(v, fresh[k] if k in hit else old[k], err_msg=k)
+  with pytest.raises(ValueError, match=r"reinit_params: \['polar'\] match no parameter"):
+    surgery.reinit(loaded, ("pooler", "polar"))
+
+
 def test_run_file_accepts_older_workdirs_and_json_lists(tmp_path):
   import json as _json
   from squeezebert.train import checkpoint as ckpt_lib

@@ -1,4 +1,5 @@
-"""Model surgery for layer-reduction ablations: a shallower copy of a deeper model.
+"""Model surgery: a shallower copy of a deeper model (layer reduction) and re-initialising
+chosen parameters of a loaded model (`reinit`).
 
 DistilBERT initialises its 6-layer student from layers [0, 2, 4, 7, 9, 11] of BERT-base;
 `layer_indices("every_other", 12, 6)` returns exactly those (evenly spaced, first and last
@@ -60,3 +61,23 @@ def select_layers(model: SqueezeBert, indices: list[int], seed: int = 0) -> Sque
       flat[k] = v
   load_params_into(out, flat, source="select_layers", seed=seed)
   return out
+
+
+def reinit(model: SqueezeBert, fragments: tuple[str, ...], seed: int = 0) -> tuple[SqueezeBert, list[str]]:
+  """A copy of `model` in which every parameter whose '/'-joined path contains one of
+  `fragments` (e.g. "pooler", "layers/3/") takes the fresh init of `seed`; the rest is copied.
+  Zhang et al. 2021 ("Revisiting Few-sample BERT Fine-tuning") re-initialise the pooler and
+  top layers this way. Returns (model, the re-initialised paths); a fragment matching no
+  parameter raises, so a typo cannot silently keep the pretrained weights."""
+  from squeezebert.convert import flat_params, load_params_into  # noqa: PLC0415 (cycle)
+  src = flat_params(model)
+  missing = [f for f in fragments if not any(f in k for k in src)]
+  if missing:
+    raise ValueError(f"config.reinit_params: {missing} match no parameter path of the model "
+                     "(e.g. 'pooler', 'layers/3/')")
+  out = build_model(model.config, head=model.head, num_labels=model.num_labels, seed=seed)
+  fresh = flat_params(out)
+  hit = sorted(k for k in src if any(f in k for f in fragments))
+  load_params_into(out, {k: fresh[k] if k in hit else v for k, v in src.items()},
+                   source="reinit", seed=seed)
+  return out, hit

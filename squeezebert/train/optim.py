@@ -51,13 +51,18 @@ def _path_names(path) -> list[str]:
   return [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
 
 
-def frozen_fragments(config) -> tuple[str, ...]:
-  """config.freeze_params: comma-separated fragments of parameter paths, e.g.
-  "word_embeddings" (a module or parameter name; matched against each '/'-joined path)."""
-  spec = config.get("freeze_params", "") or ""
+def path_fragments(config, field: str) -> tuple[str, ...]:
+  """A comma-separated config string of parameter-path fragments, e.g. "word_embeddings"
+  (a module or parameter name; matched against each '/'-joined path)."""
+  spec = config.get(field, "") or ""
   if not isinstance(spec, str):
-    raise ValueError(f"config.freeze_params must be a comma-separated string, got {spec!r}")
+    raise ValueError(f"config.{field} must be a comma-separated string, got {spec!r}")
   return tuple(f.strip() for f in spec.split(",") if f.strip())
+
+
+def frozen_fragments(config) -> tuple[str, ...]:
+  """config.freeze_params: the parameters that get no updates."""
+  return path_fragments(config, "freeze_params")
 
 
 def frozen_labels(fragments):

@@ -59,6 +59,9 @@ def _validate(config):
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
   if config.get("step_delay_secs", 0.0) < 0:
     raise ValueError(f"config.step_delay_secs must be >= 0, got {config.step_delay_secs}")
+  if optim.path_fragments(config, "reinit_params") and not config.init_from:
+    raise ValueError(f"config.reinit_params={config.reinit_params!r} needs config.init_from "
+                     "(a scratch model is all fresh init already)")
   if config.distill.get("embedding_init"):
     if not config.distill.teacher:
       raise ValueError("config.distill.embedding_init needs config.distill.teacher (the table "
@@ -110,6 +113,7 @@ def build_model(config, task) -> SqueezeBert:
   if init_layers and not config.init_from:
     raise ValueError(f"config.init_layers={init_layers!r} needs config.init_from (the deeper "
                      "checkpoint to take the layers from)")
+  reinit = optim.path_fragments(config, "reinit_params")
   if config.init_from:
     logging.info("initialising from %s", config.init_from)
     n_layers = overrides.pop("num_hidden_layers", None) if init_layers else None
@@ -124,6 +128,10 @@ def build_model(config, task) -> SqueezeBert:
       idx = surgery.layer_indices(init_layers, n_src, n_layers or n_src)
       logging.info("init_layers=%s: layers %s of %d", init_layers, idx, n_src)
       model = surgery.select_layers(model, idx, seed=config.seed)
+    if reinit:  # e.g. the pooler / top layers of a pretrained model (Zhang et al. 2021)
+      from squeezebert.model import surgery  # noqa: PLC0415
+      model, hit = surgery.reinit(model, reinit, seed=config.seed)
+      logging.info("re-initialised %d parameters matching %s", len(hit), ", ".join(reinit))
   else:
     cfg = get_config(config.model.variant, **overrides)
     model = SqueezeBert(cfg, head=task.head, num_labels=task.num_labels,
