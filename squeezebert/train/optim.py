@@ -79,7 +79,7 @@ def frozen_labels(fragments):
     missing = [f for f in fragments if f not in seen]
     if missing:
       raise ValueError(f"config.freeze_params: {missing} match no parameter path of the model "
-                       f"(e.g. 'word_embeddings', 'encoder/layers/0')")
+                       f"(e.g. 'word_embeddings', 'layers/0/')")
     return out
   return labels
 
