@@ -63,6 +63,18 @@ def select_layers(model: SqueezeBert, indices: list[int], seed: int = 0) -> Sque
   return out
 
 
+def match_paths(paths, fragments: tuple[str, ...], field: str, example: str) -> set[str]:
+  """The '/'-joined parameter paths that contain one of `fragments` (config.freeze_params,
+  config.reinit_params); a fragment matching no path raises, naming config.`field`, so a
+  typo cannot silently do nothing."""
+  paths = list(paths)
+  missing = [f for f in fragments if not any(f in p for p in paths)]
+  if missing:
+    raise ValueError(f"config.{field}: {missing} match no parameter path of the model "
+                     f"(e.g. {example})")
+  return {p for p in paths if any(f in p for f in fragments)}
+
+
 def reinit(model: SqueezeBert, fragments: tuple[str, ...], seed: int = 0) -> tuple[SqueezeBert, list[str]]:
   """A copy of `model` in which every parameter whose '/'-joined path contains one of
   `fragments` (e.g. "pooler", "layers/3/") takes the fresh init of `seed`; the rest is copied.
@@ -71,13 +83,9 @@ def reinit(model: SqueezeBert, fragments: tuple[str, ...], seed: int = 0) -> tup
   parameter raises, so a typo cannot silently keep the pretrained weights."""
   from squeezebert.convert import flat_params, load_params_into  # noqa: PLC0415 (cycle)
   src = flat_params(model)
-  missing = [f for f in fragments if not any(f in k for k in src)]
-  if missing:
-    raise ValueError(f"config.reinit_params: {missing} match no parameter path of the model "
-                     "(e.g. 'pooler', 'layers/3/')")
+  hit = sorted(match_paths(src, fragments, "reinit_params", "'pooler', 'layers/3/'"))
   out = build_model(model.config, head=model.head, num_labels=model.num_labels, seed=seed)
   fresh = flat_params(out)
-  hit = sorted(k for k in src if any(f in k for f in fragments))
   load_params_into(out, {k: fresh[k] if k in hit else v for k, v in src.items()},
                    source="reinit", seed=seed)
   return out, hit

@@ -7,6 +7,8 @@ import jax
 import optax
 from flax import nnx
 
+from squeezebert.model import surgery
+
 
 OPTIMIZERS = ("adamw", "lamb")
 
@@ -68,19 +70,12 @@ def frozen_fragments(config) -> tuple[str, ...]:
 def frozen_labels(fragments):
   """params -> a tree of "frozen" / "train" labels; raises if a fragment matches nothing."""
   def labels(params):
-    seen = set()
-
-    def label(path, _):
-      joined = "/".join(_path_names(path))
-      hit = [f for f in fragments if f in joined]
-      seen.update(hit)
-      return "frozen" if hit else "train"
-    out = jax.tree_util.tree_map_with_path(label, params)
-    missing = [f for f in fragments if f not in seen]
-    if missing:
-      raise ValueError(f"config.freeze_params: {missing} match no parameter path of the model "
-                       f"(e.g. 'word_embeddings', 'layers/0/')")
-    return out
+    def joined(path):
+      return "/".join(_path_names(path))
+    paths = (joined(path) for path, _ in jax.tree_util.tree_leaves_with_path(params))
+    hit = surgery.match_paths(paths, fragments, "freeze_params", "'word_embeddings', 'layers/0/'")
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if joined(path) in hit else "train", params)
   return labels
 
 
