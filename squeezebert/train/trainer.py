@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from squeezebert import configlib as common
 from squeezebert import convert
 from squeezebert.data import batching
-from squeezebert.model import ModelConfig, SqueezeBert, get_config
+from squeezebert.model import ModelConfig, SqueezeBert, get_config, surgery
 from squeezebert.train import checkpoint as ckpt_lib
 from squeezebert.train import optim, steps as steps_lib, tasks as tasks_lib
 from squeezebert.train.logger import MetricLogger, Progress
@@ -59,6 +59,9 @@ def _validate(config):
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
   if config.get("step_delay_secs", 0.0) < 0:
     raise ValueError(f"config.step_delay_secs must be >= 0, got {config.step_delay_secs}")
+  if config.get("init_layers", "") and not config.init_from:
+    raise ValueError(f"config.init_layers={config.init_layers!r} needs config.init_from (the "
+                     "deeper checkpoint to take the layers from)")
   if optim.path_fragments(config, "reinit_params") and not config.init_from:
     raise ValueError(f"config.reinit_params={config.reinit_params!r} needs config.init_from "
                      "(a scratch model is all fresh init already)")
@@ -110,9 +113,6 @@ def build_model(config, task) -> SqueezeBert:
   """The float model; with config.quant.mode=qat its QAT version (same parameters)."""
   overrides = dict(common.model_overrides(config.model), dtype=config.dtype)
   init_layers = config.get("init_layers", "")
-  if init_layers and not config.init_from:
-    raise ValueError(f"config.init_layers={init_layers!r} needs config.init_from (the deeper "
-                     "checkpoint to take the layers from)")
   reinit = optim.path_fragments(config, "reinit_params")
   if config.init_from:
     logging.info("initialising from %s", config.init_from)
@@ -123,13 +123,11 @@ def build_model(config, task) -> SqueezeBert:
     if note:
       logging.warning("%s", note)
     if init_layers:  # layer reduction: a shallower copy (DistilBERT: every other layer)
-      from squeezebert.model import surgery  # noqa: PLC0415
       n_src = model.config.num_hidden_layers
       idx = surgery.layer_indices(init_layers, n_src, n_layers or n_src)
       logging.info("init_layers=%s: layers %s of %d", init_layers, idx, n_src)
       model = surgery.select_layers(model, idx, seed=config.seed)
     if reinit:  # e.g. the pooler / top layers of a pretrained model (Zhang et al. 2021)
-      from squeezebert.model import surgery  # noqa: PLC0415
       model, hit = surgery.reinit(model, reinit, seed=config.seed)
       logging.info("re-initialised %d parameters matching %s", len(hit), ", ".join(reinit))
   else:
