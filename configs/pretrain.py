@@ -23,6 +23,8 @@ Arguments (after the colon, comma-separated):
             regress the teacher's states on the unmasked text; TinyBERT-style general
             distillation). E.g. on CPU:
               --config=configs/pretrain.py:recipe=cpu,teacher=<minilm model dir>
+            add --config.pretrain.mlm_weight=0 for distillation only (no MLM term; the untrained
+            MLM head's perplexity then picks no checkpoint, so the latest ones are kept)
 Paper recipe: LAMB, global batch 8192, lr 2.5e-3, warmup 28% of the steps, weight decay 0.01,
 bf16 compute, 15% masking (80/10/10), SOP on segment pairs packed to the max length.
 Data: config.data.corpus is a TFDS text dataset with a "text" feature (wikipedia/..., c4/en) or
@@ -52,7 +54,8 @@ def get_config(arg=None):
       mask_prob=0.15,             # fraction of maskable tokens predicted per sequence
       whole_word=False,           # mask all pieces of a word together
       max_predictions=0,          # P masked positions per sequence; 0 -> ceil(max_len*mask_prob)
-      sop_weight=1.0,             # loss = MLM + sop_weight * SOP
+      sop_weight=1.0,             # loss = mlm_weight * MLM + sop_weight * SOP
+      mlm_weight=1.0,             # 0 with a teacher: distillation-only general pretraining
   ))
   c.optimizer = "lamb"
   c.weight_decay = 0.01

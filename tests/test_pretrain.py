@@ -288,6 +288,13 @@ def test_pretrain_bad_config(corpus_dir, tmp_path):
   cfg = _pretrain_cfg(corpus_dir, tmp_path, pretrain__mask_prob=1.5)
   with pytest.raises(ValueError, match="mask_prob"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "w1"))
+  cfg = _pretrain_cfg(corpus_dir, tmp_path, pretrain__mlm_weight=-1.0)
+  with pytest.raises(ValueError, match="mlm_weight must be >= 0"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "w3"))
+  cfg = _pretrain_cfg(corpus_dir, tmp_path, pretrain__mlm_weight=0.0, pretrain__sop_weight=0.0)
+  with pytest.raises(ValueError, match="nothing to train on"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "w4"))
+  assert not (tmp_path / "w3").exists() and not (tmp_path / "w4").exists()
   cfg = _pretrain_cfg(tmp_path / "nope", tmp_path)
   with pytest.raises(FileNotFoundError, match="corpus_dir"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "w2"))
@@ -307,18 +314,24 @@ def test_pretrain_hidden_state_distillation_from_a_plain_encoder(corpus_dir, tmp
                           str(teacher_dir))
   # The student starts as an exact copy of the teacher's encoder, without dropout: had the
   # teacher read the student's masked input, the first step's hidden loss would be exactly 0.
+  # mlm_weight=0: the MLM term is off (TinyBERT-style general distillation, SOP kept).
   cfg = _pretrain_cfg(corpus_dir, tmp_path, num_train_steps=3, eval_every_steps=3,
                       init_from=str(teacher_dir), distill__teacher=str(teacher_dir),
-                      distill__alpha=0.0, distill__hidden_weight=2.0,
+                      distill__alpha=0.0, distill__hidden_weight=2.0, pretrain__mlm_weight=0.0,
                       model__hidden_dropout_prob=0.0, model__attention_probs_dropout_prob=0.0)
-  trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
+  result = trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
   rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
   assert rows[0]["step"] == 1 and rows[0]["hidden_loss"] > 1e-4
   for r in rows:
     assert "kd_loss" not in r
+    assert r["mlm_loss"] > 1.0  # still measured, not trained on
+    assert r["task_loss"] == pytest.approx(r["sop_loss"], rel=1e-5)
     assert r["loss"] == pytest.approx(r["task_loss"] + 2.0 * r["hidden_loss"], rel=1e-4)
+  run = json.loads((tmp_path / "run" / "run.json").read_text())
+  # The untrained MLM head's perplexity picks no checkpoint: the latest ones are kept.
+  assert run["best_metric"] is None and result["best_step"] is None
   # Teacher and student widths are equal: no projection is made.
-  assert "distill_projection" not in json.loads((tmp_path / "run" / "run.json").read_text())
+  assert "distill_projection" not in run
   assert distill.projection_of(convert.from_pretrained(str(tmp_path / "run"))) is None
 
 

@@ -381,6 +381,8 @@ def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
 
 
 def _main_only(m: dict, task) -> dict | None:
+  if task.main_metric is None:  # no metric picks checkpoints: the latest ones are kept
+    return None
   key = task.main_metric if task.main_metric in m else next(
       (k for k in m if k.endswith("/" + task.main_metric)), None)
   return {task.main_metric: float(m[key])} if key else None
