@@ -46,16 +46,17 @@ class PretrainTask:
       raise ValueError(f"config.pretrain.mask_prob must be in (0, 1), got {p.mask_prob}")
     if p.sop_weight < 0:
       raise ValueError(f"config.pretrain.sop_weight must be >= 0, got {p.sop_weight}")
-    if p.get("mlm_weight", 1.0) < 0:
-      raise ValueError(f"config.pretrain.mlm_weight must be >= 0, got {p.mlm_weight}")
+    self.mlm_weight = p.get("mlm_weight", 1.0)  # workdirs older than the option: 1
+    if self.mlm_weight < 0:
+      raise ValueError(f"config.pretrain.mlm_weight must be >= 0, got {self.mlm_weight}")
     d = config.get("distill")
     has_teacher = bool(d and d.get("teacher") and d.get("hidden_weight", 0) > 0)
-    if p.get("mlm_weight", 1.0) == 0 and p.sop_weight == 0 and not has_teacher:
+    if self.mlm_weight == 0 and p.sop_weight == 0 and not has_teacher:
       raise ValueError("config.pretrain.mlm_weight and sop_weight are both 0 and no teacher "
                        "gives hidden-state targets (distill.teacher, distill.hidden_weight > 0):"
                        " nothing to train on")
     self.p = p
-    if p.get("mlm_weight", 1.0) == 0:
+    if self.mlm_weight == 0:
       # The MLM head is not trained, so its perplexity says nothing: keep (and load) the
       # latest checkpoint instead of the best by perplexity.
       self.main_metric = None
@@ -118,7 +119,7 @@ class PretrainTask:
     ew = batch["example_weight"]
     mlm = weighted_mean(ce, w)
     sop = weighted_mean(sop_ce, ew)
-    total = self.p.get("mlm_weight", 1.0) * mlm + self.p.sop_weight * sop
+    total = self.mlm_weight * mlm + self.p.sop_weight * sop
     return total, {"mlm_loss": mlm, "mlm_accuracy": weighted_mean(correct, w),
                    "sop_loss": sop, "sop_accuracy": weighted_mean(sop_ok, ew)}
 
