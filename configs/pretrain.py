@@ -33,8 +33,6 @@ text_corpus/paragraphs | text_corpus/wikitext with config.data.corpus_dir a loca
 Expect: eval MLM loss falls steadily; see README for the measured CPU run.
 """
 
-import ml_collections
-
 from squeezebert import configlib as common
 
 
@@ -50,13 +48,7 @@ def get_config(arg=None):
   c.data.corpus_dir = ""          # local text directory for text_corpus/* (TFDS manual dir)
   c.data.eval_split = "validation"
   c.data.cache_dir = ""           # packed-sequence cache; "" -> <TFDS data dir>/squeezebert_cache
-  c.pretrain = ml_collections.ConfigDict(dict(
-      mask_prob=0.15,             # fraction of maskable tokens predicted per sequence
-      whole_word=False,           # mask all pieces of a word together
-      max_predictions=0,          # P masked positions per sequence; 0 -> ceil(max_len*mask_prob)
-      sop_weight=1.0,             # loss = mlm_weight * MLM + sop_weight * SOP
-      mlm_weight=1.0,             # 0 with a teacher: distillation-only general pretraining
-  ))
+  c.pretrain = common.pretrain_section()
   c.optimizer = "lamb"
   c.weight_decay = 0.01
   if a.teacher:

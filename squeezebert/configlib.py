@@ -16,6 +16,8 @@ MODEL_FLOAT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 # Variant switches (ModelConfig docs): ALBERT-like sharing, separable FFN, hybrid conv layers.
 MODEL_VARIANT_FIELDS = dict(share_layers=bool, separable_kernel=int, conv_kernel=int,
                             conv_layers=str)  # conv_layers as "1,3"
+# Execution switches (same parameters and function; squeezebert/model/config.py).
+MODEL_EXECUTION_FIELDS = dict(attention_impl=str, remat=str, fused_qkv=bool)
 
 
 def _cast(value: str, default):
@@ -58,7 +60,7 @@ def base_train_config() -> ml_collections.ConfigDict:
     c.model[name] = config_dict.placeholder(int)
   for name in MODEL_FLOAT_FIELDS:
     c.model[name] = config_dict.placeholder(float)
-  for name, typ in MODEL_VARIANT_FIELDS.items():
+  for name, typ in {**MODEL_VARIANT_FIELDS, **MODEL_EXECUTION_FIELDS}.items():
     c.model[name] = config_dict.placeholder(typ)
   c.init_from = ""                # "" (scratch) | HF dir | our model dir | a training workdir
   c.init_layers = ""              # with init_from and model.num_hidden_layers = n: take n of its
@@ -66,6 +68,10 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.reinit_params = ""            # with init_from: comma-separated parameter-path fragments
                                   #   reset to the seed's fresh init, e.g. "pooler,layers/3/"
   c.dtype = "float32"             # compute dtype: float32 | bfloat16 (params stay float32)
+  c.rng_impl = "threefry"         # dropout/masking PRNG: threefry (partitionable) | rbg |
+                                  #   unsafe_rbg (cheaper bits on GPU/TPU; other random draws)
+  c.finite_check = "cheap"        # per-step divergence check: cheap (loss and grad norm) |
+                                  #   params (every parameter after the update)
   # Data.
   c.data = ml_collections.ConfigDict(dict(
       source="auto",              # auto | tfds | tsv
@@ -131,7 +137,19 @@ def base_train_config() -> ml_collections.ConfigDict:
   return c
 
 
+def pretrain_section() -> ml_collections.ConfigDict:
+  """config.pretrain of task=pretrain (configs/pretrain.py; the train benchmark)."""
+  return ml_collections.ConfigDict(dict(
+      mask_prob=0.15,             # fraction of maskable tokens predicted per sequence
+      whole_word=False,           # mask all pieces of a word together
+      max_predictions=0,          # P masked positions per sequence; 0 -> ceil(max_len*mask_prob)
+      sop_weight=1.0,             # loss = mlm_weight * MLM + sop_weight * SOP
+      mlm_weight=1.0,             # 0 with a teacher: distillation-only general pretraining
+  ))
+
+
 def model_overrides(model_cfg) -> dict:
   """The ModelConfig fields set in config.model (None placeholders dropped)."""
-  names = MODEL_INT_FIELDS + MODEL_FLOAT_FIELDS + tuple(MODEL_VARIANT_FIELDS)
+  names = (MODEL_INT_FIELDS + MODEL_FLOAT_FIELDS + tuple(MODEL_VARIANT_FIELDS)
+           + tuple(MODEL_EXECUTION_FIELDS))
   return {k: model_cfg[k] for k in names if k in model_cfg and model_cfg[k] is not None}

@@ -20,8 +20,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep it off the GPUs
+  try:
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep it off the GPUs
+  except ImportError:
+    pass  # GLUE TSVs, packed corpora: the data paths that need no TensorFlow
   from squeezebert.train.trainer import train_and_evaluate
   logging.info("config:\n%s", FLAGS.config)
   result = train_and_evaluate(FLAGS.config, FLAGS.workdir)

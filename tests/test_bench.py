@@ -72,7 +72,6 @@ def test_bf16_and_compare():
   r = out["results"]["tiny"]
   assert r["dtype"] == "bfloat16" and r["param_dtype"] == "bfloat16"
   assert out["latency_ratio"] > 0 and out["flops_ratio"] == 1.0
-  assert set(out["targets"]) >= {"ratio_ok", "ms_per_seq_ok"}
   assert bench.make_config("tiny", "bf16", "f32").param_dtype == "float32"
   # Interleaved timing: the ratio and the ms/seq target then come from its medians.
   out = bench.compare(batch=2, seq=8, variants=("tiny", "bert-small"), layers=1, warmup=0,

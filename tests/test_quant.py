@@ -316,13 +316,13 @@ def test_bad_quant_config_in_trainer_and_cli():
   with pytest.raises(ValueError, match="unknown quantization config field"):
     QuantConfig.from_dict(dict(mode="qat", bits=8))
   with pytest.raises(ValueError, match="weight_bits must be one of"):
-    trainer._validate(runlocal(quant__mode="qat", quant__weight_bits=2))
+    trainer.validate(runlocal(quant__mode="qat", quant__weight_bits=2))
   with pytest.raises(ValueError, match="none|qat in the trainer"):
-    trainer._validate(runlocal(quant__mode="ptq"))
+    trainer.validate(runlocal(quant__mode="ptq"))
   with pytest.raises(ValueError, match="gradient accumulation"):
-    trainer._validate(runlocal(quant__mode="qat", quant__act_mode="static",
+    trainer.validate(runlocal(quant__mode="qat", quant__act_mode="static",
                                grad_accum_steps=2))
-  trainer._validate(runlocal(quant__mode="qat", quant__act_bits=16))  # fine
+  trainer.validate(runlocal(quant__mode="qat", quant__act_bits=16))  # fine
   from squeezebert.quant import cli
   with pytest.raises(ValueError, match="--mode must be ptq or int8"):
     cli.run("/nonexistent", "qat", "/tmp/x")

@@ -236,7 +236,7 @@ def save_pretrained(model: SqueezeBert, out_dir: str, extra: dict | None = None)
   """Our own directory: squeezebert_jax.json + model.safetensors ('/'-joined param paths)."""
   os.makedirs(out_dir, exist_ok=True)
   save_file(flat_params(model), os.path.join(out_dir, "model.safetensors"))
-  meta = dict(model=model.config.to_dict(), head=model.head, num_labels=model.num_labels,
+  meta = dict(model=model.config.architecture_dict(), head=model.head, num_labels=model.num_labels,
               **(extra or {}))
   with open(os.path.join(out_dir, OURS_CONFIG), "w") as f:
     json.dump(meta, f, indent=2)

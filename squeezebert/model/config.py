@@ -56,6 +56,13 @@ class ModelConfig:
   family: str = "squeezebert"  # "squeezebert" | "bert": HF naming of the weights
   dtype: Any = "float32"        # compute dtype
   param_dtype: Any = "float32"  # storage dtype of the parameters
+  # Execution choices: same parameters, same function up to float rounding. They are not
+  # part of the architecture (saved model dirs and run.json leave them out).
+  attention_impl: str = "auto"  # auto | manual | xla | cudnn (layers.resolve_attention_impl)
+  remat: str = "none"           # none | full | dots_saveable: recompute each layer's
+                                #   activations in the backward pass (training memory)
+  fused_qkv: bool = False       # one [G, Cin/G, 3 Cout/G] q/k/v projection per group in the
+                                #   einsum layout (fewer, wider GEMMs; not with quantization)
 
   def __post_init__(self):
     layers = self.conv_layers
@@ -130,6 +137,20 @@ class ModelConfig:
       if cin % g or cout % g:
         raise ValueError(f"{name}_groups={g} must divide both in ({cin}) and out ({cout}) channels")
     resolve_dtype(self.dtype), resolve_dtype(self.param_dtype)
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"ModelConfig.attention_impl must be one of {ATTENTION_IMPLS}, got "
+                       f"{self.attention_impl!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"ModelConfig.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    if not isinstance(self.fused_qkv, bool):
+      raise ValueError(f"ModelConfig.fused_qkv must be a bool, got {self.fused_qkv!r}")
+
+  def architecture_dict(self) -> dict:
+    """to_dict() without the execution choices: what a saved model or a workdir records."""
+    d = self.to_dict()
+    for k in EXECUTION_FIELDS:
+      d.pop(k)
+    return d
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
@@ -141,6 +162,11 @@ class ModelConfig:
       d[k] = jnp.dtype(resolve_dtype(d[k])).name
     return d
 
+
+# ModelConfig fields that choose how the function is computed, not what it is.
+EXECUTION_FIELDS = ("attention_impl", "remat", "fused_qkv")
+ATTENTION_IMPLS = ("auto", "manual", "xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 _ALL_ONE = dict(q_groups=1, k_groups=1, v_groups=1, post_attention_groups=1,
                 intermediate_groups=1, output_groups=1)

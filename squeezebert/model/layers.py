@@ -204,17 +204,62 @@ def embedding_rows(table, ids):
   return jnp.take(table[...], ids, axis=0)
 
 
+def on_cuda() -> bool:
+  """True when the default backend is an NVIDIA GPU (where cuDNN attention exists)."""
+  if jax.default_backend() != "gpu":
+    return False
+  return "cuda" in jax.devices()[0].client.platform_version.lower()
+
+
+def resolve_attention_impl(impl: str, *, dropout_active: bool, dtype) -> str:
+  """The attention kernel a call uses.
+
+  manual  softmax(q k^T / sqrt(d) + mask) v written out (heads-major batched matmuls,
+          float32 softmax); the only path with attention-probability dropout.
+  xla     jax.nn.dot_product_attention(implementation="xla"): the same math as one op.
+  cudnn   jax.nn.dot_product_attention(implementation="cudnn"): cuDNN flash attention
+          (NVIDIA GPU, bf16/fp16; padding from the mask's row lengths, so masks must be
+          right-padded (1...1 0...0), which every input pipeline here produces).
+  auto    cudnn on an NVIDIA GPU for bf16/fp16 compute when this call draws no attention
+          dropout (deterministic calls, or attention_probs_dropout_prob = 0); manual
+          otherwise. Flash kernels have no dropout on the probabilities, so auto never
+          silently drops it: set model.attention_probs_dropout_prob=0 to train on flash.
+  xla and cudnn asked for explicitly refuse a call that would need attention dropout."""
+  if impl == "auto":
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if (half and not dropout_active and on_cuda()) else "manual"
+  if impl in ("xla", "cudnn") and dropout_active:
+    raise ValueError(
+        f"attention_impl={impl!r} has no attention-probability dropout, but this call is in "
+        "training mode with attention_probs_dropout_prob > 0: set "
+        "model.attention_probs_dropout_prob=0, or use attention_impl=auto|manual")
+  if impl == "cudnn" and not on_cuda():
+    raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU; the backend is "
+                     f"{jax.default_backend()!r} (use auto, manual or xla)")
+  return impl
+
+
 class AttentionCore(nnx.Module):
   """softmax(q k^T / sqrt(d) + mask) v, in its own module so quantization rules can
-  include or exclude the two activation x activation matmuls by module path."""
+  include or exclude the two activation x activation matmuls by module path.
+  `impl` (ModelConfig.attention_impl) picks the kernel: resolve_attention_impl."""
 
   def __init__(self, cfg: ModelConfig):
     self.num_heads = cfg.num_attention_heads
     self.dropout = Dropout(cfg.attention_probs_dropout_prob)
+    self.impl = cfg.attention_impl
+
+  def resolved_impl(self, deterministic: bool, dtype) -> str:
+    active = not deterministic and self.dropout.rate > 0
+    return resolve_attention_impl(self.impl, dropout_active=active, dtype=dtype)
 
   def __call__(self, q_BxLxD, k_BxLxD, v_BxLxD, bias_Bx1x1xL, *, deterministic, rngs):
     b, l, d = q_BxLxD.shape
     h = self.num_heads
+    impl = self.resolved_impl(deterministic, q_BxLxD.dtype)
+    if impl != "manual":  # [B, L, H, D/H] is dot_product_attention's own layout: no transposes
+      q, k, v = (t.reshape(b, l, h, d // h) for t in (q_BxLxD, k_BxLxD, v_BxLxD))
+      return fused_attention(q, k, v, bias_Bx1x1xL, impl).reshape(b, l, d)
     # Heads-major [B, H, L, D/H] before the matmuls: same values as 'bqhd,bkhd->bhqk',
     # ~10% faster whole-model on XLA:CPU (plain batched GEMMs, no strided operands).
     q, k, v = (t.reshape(b, l, h, d // h).transpose(0, 2, 1, 3)
@@ -233,6 +278,19 @@ class AttentionCore(nnx.Module):
     return jnp.einsum("bhqk,bhkd->bhqd", p_BxHxLxL, v_BxHxLxDh)
 
 
+def fused_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, bias_Bx1x1xL, impl: str):
+  """jax.nn.dot_product_attention on [B, L, H, D/H] q, k, v (no dropout)."""
+  keep_BxL = bias_Bx1x1xL[:, 0, 0, :] == 0
+  if impl == "cudnn":
+    # cuDNN's padding mask: key positions >= the row's length are masked (right padding).
+    lengths_B = jnp.sum(keep_BxL, axis=-1, dtype=jnp.int32)
+    return jax.nn.dot_product_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh,
+                                        key_value_seq_lengths=lengths_B,
+                                        implementation="cudnn")
+  return jax.nn.dot_product_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh,
+                                      mask=keep_BxL[:, None, None, :], implementation="xla")
+
+
 class SelfAttention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d = cfg.hidden_size
@@ -240,12 +298,17 @@ class SelfAttention(nnx.Module):
     self.key = GroupedProjection(d, d, cfg.k_groups, cfg=cfg, rngs=rngs)
     self.value = GroupedProjection(d, d, cfg.v_groups, cfg=cfg, rngs=rngs)
     self.core = AttentionCore(cfg)
+    self.fused_qkv = cfg.fused_qkv
 
   def __call__(self, x_BxLxD, bias_Bx1x1xL, *, deterministic, rngs):
-    if deterministic and self._fused_groups() and self.core.num_heads % self.query.groups == 0:
+    if (deterministic and self._fused_groups() and self.core.num_heads % self.query.groups == 0
+        and self.core.resolved_impl(True, self.query.dtype) == "manual"):
       return self._per_group(x_BxLxD, bias_Bx1x1xL)
     q, k, v = self.project(x_BxLxD)
     return self.core(q, k, v, bias_Bx1x1xL, deterministic=deterministic, rngs=rngs)
+
+  def _equal_groups(self) -> bool:
+    return self.query.groups == self.key.groups == self.value.groups
 
   def _fused_groups(self) -> bool:
     """Split layout with equal q/k/v groups (> 1): one fused q/k/v dot per group."""
@@ -267,12 +330,31 @@ class SelfAttention(nnx.Module):
   def project(self, x_BxLxD):
     """(q, k, v). In the split layout with equal groups, group i of all three comes from ONE
     dot of x's slice i with the three kernels' blocks side by side ([Cin/G, 3 Cout/G]): the
-    same products, in wider (faster) GEMMs. Otherwise one projection each (what qwix sees)."""
-    if not self._fused_groups():
-      return tuple(p(x_BxLxD) for p in (self.query, self.key, self.value))
-    co = self.query.cout // self.query.groups
-    ys = self._group_qkv(x_BxLxD)
-    return tuple(jnp.concatenate([y[..., j * co:(j + 1) * co] for y in ys], axis=-1)
+    same products, in wider (faster) GEMMs; with fused_qkv (einsum layout) all groups of
+    all three come from one grouped einsum. Otherwise one projection each (what qwix sees)."""
+    if self._fused_groups():
+      co = self.query.cout // self.query.groups
+      ys = self._group_qkv(x_BxLxD)
+      return tuple(jnp.concatenate([y[..., j * co:(j + 1) * co] for y in ys], axis=-1)
+                   for j in range(3))
+    if self.fused_qkv and self._equal_groups():
+      return self._fused_einsum(x_BxLxD)
+    return tuple(p(x_BxLxD) for p in (self.query, self.key, self.value))
+
+  def _fused_einsum(self, x_BxLxD):
+    """q, k, v from one [G, ..., Cin/G] x [G, Cin/G, 3 Cout/G] einsum (G = 1: one dense
+    [D, 3D] GEMM): the three kernels side by side, so one wide GEMM replaces three."""
+    projs = (self.query, self.key, self.value)
+    g, dt = self.query.groups, self.query.dtype
+    co = self.query.cout // g
+    kernel_GxIx3O = jnp.concatenate([p.kernel[...].astype(dt) for p in projs], axis=-1)
+    bias_Gx3O = jnp.concatenate([p.bias[...].astype(dt).reshape(g, co) for p in projs], -1)
+    x = x_BxLxD.astype(dt)
+    lead = x.shape[:-1]
+    x_GxBxLxI = jnp.moveaxis(x.reshape(*lead, g, x.shape[-1] // g), -2, 0)
+    y_GxBxLx3O = (jnp.einsum("g...i,gio->g...o", x_GxBxLxI, kernel_GxIx3O)
+                  + bias_Gx3O.reshape(g, *([1] * len(lead)), 3 * co))
+    return tuple(jnp.moveaxis(y_GxBxLx3O[..., j * co:(j + 1) * co], 0, -2).reshape(*lead, g * co)
                  for j in range(3))
 
   def _per_group(self, x_BxLxD, bias_Bx1x1xL):

@@ -52,6 +52,7 @@ class Encoder(nnx.Module):
     n_blocks = 1 if cfg.share_layers else cfg.num_hidden_layers
     self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(n_blocks)])
     self.num_layers = cfg.num_hidden_layers
+    self.remat = cfg.remat
     self.pooler = dense(cfg.hidden_size, cfg.hidden_size, cfg, rngs)
     # Deterministic calls run the layer stack on chunks of this many sequences, one chunk
     # after another (lax.map): the [chunk, H, L, L] scores and [chunk, L, 4D] FFN activations
@@ -82,9 +83,13 @@ class Encoder(nnx.Module):
   def _layers(self, x_BxLxD, bias, deterministic, rngs) -> list:
     """[input, output of layer 1, ..., output of the last layer]."""
     hidden = [x_BxLxD]
+    remat = self.remat != "none" and not deterministic  # only a backward pass gains from it
     for i in range(self.num_layers):
       layer = self.layers[0 if len(self.layers) == 1 else i]
-      hidden.append(layer(hidden[-1], bias, deterministic=deterministic, rngs=rngs))
+      if remat:
+        hidden.append(_remat_layer(self.remat)(layer, hidden[-1], bias, rngs))
+      else:
+        hidden.append(layer(hidden[-1], bias, deterministic=deterministic, rngs=rngs))
     return hidden
 
   def chunk_size(self, batch) -> int:
@@ -132,6 +137,20 @@ class Encoder(nnx.Module):
       hidden = jax.lax.map(run, (split(x_BxLxD), split(bias)))
       hidden = [h.reshape(b, *h.shape[2:]) for h in hidden]
     return hidden[-1], hidden
+
+
+# ModelConfig.remat -> jax.checkpoint policy (None: save only the layer's inputs).
+REMAT_POLICY = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+
+
+def _train_layer(layer, x_BxLxD, bias, rngs):
+  return layer(x_BxLxD, bias, deterministic=False, rngs=rngs)
+
+
+def _remat_layer(name: str):
+  """A training call of one layer whose activations the backward pass recomputes (policy
+  `name`); the dropout masks come from the same Rngs draws, so gradients are unchanged."""
+  return nnx.remat(_train_layer, policy=REMAT_POLICY[name])
 
 
 class MLMHead(nnx.Module):

@@ -387,7 +387,7 @@ def save_int8(model, out_dir: str, qcfg: QuantConfig, extra: dict | None = None)
   save_file(arrays, os.path.join(out_dir, WEIGHTS),
             metadata={"int4_shapes": json.dumps(int4_shapes)})
   meta = dict(format="squeezebert-int8", version=FORMAT_VERSION,
-              model=model.config.to_dict(), head=model.head, num_labels=model.num_labels,
+              model=model.config.architecture_dict(), head=model.head, num_labels=model.num_labels,
               quant=qcfg.to_dict(), **(extra or {}))
   with open(os.path.join(out_dir, INT8_CONFIG), "w") as f:
     json.dump(meta, f, indent=2)

@@ -38,8 +38,8 @@ def write_run_file(workdir: str, run: dict) -> None:
       # Compare as ModelConfig: fields added since the workdir was written take their
       # defaults, and JSON lists equal tuples.
       from squeezebert.model import ModelConfig  # noqa: PLC0415
-      old["model"] = ModelConfig(**old["model"]).to_dict()
-      run = dict(run, model=ModelConfig(**run["model"]).to_dict())
+      old["model"] = ModelConfig(**old["model"]).architecture_dict()
+      run = dict(run, model=ModelConfig(**run["model"]).architecture_dict())
     keys = ("model", "head", "num_labels", "task", "quant", "distill_projection")
     diff = [k for k in keys if old.get(k) != run.get(k)]
     if diff:

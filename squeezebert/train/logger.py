@@ -9,17 +9,31 @@ import time
 from absl import logging
 
 
+def _tensorflow():
+  """TensorFlow (the event-file writer), or None where it is not installed (then only
+  metrics.jsonl is written, with one warning)."""
+  try:
+    import tensorflow as tf  # lazy: importing TensorFlow costs seconds
+  except ImportError:
+    return None
+  return tf
+
+
 class MetricLogger:
   """Writes <workdir>/metrics.jsonl and TensorBoard events under <workdir>/tb/<split>."""
 
   def __init__(self, workdir: str, is_main: bool = True):
     self.is_main, self.workdir, self._tb = is_main, workdir, {}
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+    self._tf = _tensorflow() if is_main else None
+    if is_main and self._tf is None:
+      logging.warning("TensorFlow is not installed: no TensorBoard events, metrics go to "
+                      "%s only", os.path.join(workdir, "metrics.jsonl"))
 
   def _writer(self, split):
     if split not in self._tb:
-      import tensorflow as tf  # TF is the event-file writer; kept off accelerators in main.py
-      self._tb[split] = tf.summary.create_file_writer(os.path.join(self.workdir, "tb", split))
+      self._tb[split] = self._tf.summary.create_file_writer(
+          os.path.join(self.workdir, "tb", split))
     return self._tb[split]
 
   def write(self, split: str, step: int, metrics: dict):
@@ -29,10 +43,11 @@ class MetricLogger:
                or getattr(v, "ndim", 1) == 0}
     self._jsonl.write(json.dumps(dict(split=split, step=step, time=time.time(), **scalars)) + "\n")
     self._jsonl.flush()
-    import tensorflow as tf
+    if self._tf is None:
+      return
     with self._writer(split).as_default():
       for k, v in scalars.items():
-        tf.summary.scalar(k, v, step=step)
+        self._tf.summary.scalar(k, v, step=step)
     self._writer(split).flush()
 
   def close(self):

@@ -24,11 +24,21 @@ def _forward(model, batch, rng, deterministic, kwargs, output_hidden_states=Fals
                output_hidden_states=output_hidden_states, **kwargs)
 
 
+FINITE_CHECKS = ("cheap", "params")
+
+
 def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teacher=None,
-                    distill_cfg=None):
+                    distill_cfg=None, finite_check: str = "cheap"):
   """(state, batch, base_rng, step_no[, teacher_state]) -> (state, metrics); gradients are
   averaged over `grad_accum_steps` micro-batches (one update). With a `distill.Teacher`, its
-  frozen forward runs in the step and the loss mixes in the distillation terms."""
+  frozen forward runs in the step and the loss mixes in the distillation terms.
+
+  metrics["all_finite"] is the trainer's divergence check. finite_check="cheap": the loss
+  and the gradient norm are finite (two scalars the step computes anyway; with finite
+  gradients AdamW/LAMB updates of finite parameters stay finite); "params": every parameter
+  after the update (one more pass over the whole state each step)."""
+  if finite_check not in FINITE_CHECKS:
+    raise ValueError(f"finite_check must be one of {FINITE_CHECKS}, got {finite_check!r}")
   hidden = teacher is not None and distill_cfg.hidden_weight > 0
   augment = teacher is not None and distill_cfg.augment_prob > 0
   if teacher is not None:
@@ -98,11 +108,15 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
       (loss, aux, grads), _ = jax.lax.scan(body, first, (jnp.arange(1, k), rest))
       loss, aux, grads = jax.tree.map(lambda x: x / k, (loss, aux, grads))
     opt.update(model, grads)
-    # The loss is that of the parameters before this update; `all_finite` checks the new state
-    # (the one a checkpoint would hold) so the trainer can fail fast before saving it.
-    params = jax.tree.leaves(nnx.state(model, nnx.Param))
-    all_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in params]))
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    grad_norm = optax.global_norm(grads)
+    # The loss is that of the parameters before this update; `all_finite` vouches for the new
+    # state (the one a checkpoint would hold) so the trainer can fail fast before saving it.
+    if finite_check == "params":
+      params = jax.tree.leaves(nnx.state(model, nnx.Param))
+      all_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in params]))
+    else:
+      all_finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    metrics = {"loss": loss, "grad_norm": grad_norm,
                "learning_rate": lr_schedule(step_no), "all_finite": all_finite, **aux}
     return nnx.state((model, opt)), metrics
 

@@ -28,9 +28,11 @@ from squeezebert.train import optim, steps as steps_lib, tasks as tasks_lib
 from squeezebert.train.logger import MetricLogger, Progress
 
 FINAL_FILE = "final_metrics.json"
+# config.rng_impl: the PRNG of dropout and in-step masking (jax.random.key(seed, impl=...)).
+RNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")
 
 
-def _validate(config):
+def validate(config):
   if config.batch_size <= 0:
     raise ValueError(f"config.batch_size must be > 0, got {config.batch_size}")
   if config.grad_accum_steps <= 0 or config.batch_size % config.grad_accum_steps:
@@ -77,6 +79,11 @@ def _validate(config):
     if not os.path.isdir(config.distill.teacher):
       raise FileNotFoundError(f"config.distill.teacher={config.distill.teacher!r} is not a "
                               "directory (an HF dir, one of our model dirs or a workdir)")
+  if config.get("rng_impl", "threefry") not in RNG_IMPLS:
+    raise ValueError(f"config.rng_impl must be one of {RNG_IMPLS}, got {config.rng_impl!r}")
+  if config.get("finite_check", "cheap") not in steps_lib.FINITE_CHECKS:
+    raise ValueError(f"config.finite_check must be one of {steps_lib.FINITE_CHECKS}, got "
+                     f"{config.finite_check!r}")
   if config.data.source not in ("auto", "tfds", "tsv"):
     raise ValueError(f"config.data.source must be auto|tfds|tsv, got {config.data.source!r}")
   qcfg = quant_config(config)  # raises on bad values
@@ -184,7 +191,7 @@ def _eval_all(task, eval_step, state, mesh, encs, config) -> dict:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; returns the final eval metrics."""
-  _validate(config)
+  validate(config)
   if config.distributed:
     jax.distributed.initialize()
   task = tasks_lib.get_task(config)
@@ -197,7 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if vocab > model.config.vocab_size:
     raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is "
                      f"{model.config.vocab_size}: set config.model.vocab_size or the vocab")
-  run = dict(task=task.name, model=model.config.replace(dtype="float32").to_dict(),
+  run = dict(task=task.name, model=model.config.replace(dtype="float32").architecture_dict(),
              head=task.head, num_labels=task.num_labels, best_metric=task.main_metric,
              best_mode=task.metric_mode)
   qcfg = quant_config(config)
@@ -206,7 +213,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   teacher = None
   if config.mode == "train" and config.distill.teacher:
     teacher = _load_teacher(config, task, model)
-    if config.distill.get("embedding_init"):  # a scratch student (_validate forbids init_from)
+    if config.distill.get("embedding_init"):  # a scratch student (validate forbids init_from)
       from squeezebert import embed_init  # noqa: PLC0415
       table, covered = embed_init.teacher_table(
           model.config, teacher.model.transformer.embeddings.word_embeddings[...])
@@ -298,9 +305,10 @@ def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
     dcfg = _distill_config(config)
     teacher_state = jax.device_put(teacher.state, mesh.replicated)
   train_step = steps_lib.make_train_step(graphdef, task, lr, config.grad_accum_steps,
-                                         teacher=teacher, distill_cfg=dcfg)
+                                         teacher=teacher, distill_cfg=dcfg,
+                                         finite_check=config.get("finite_check", "cheap"))
   eval_step = steps_lib.make_eval_step(graphdef, task)
-  base_rng = jax.random.key(config.seed)
+  base_rng = train_rng(config)
   logger = MetricLogger(workdir, is_main=jax.process_index() == 0)
   progress = Progress(total, step, enabled=config.progress_bar and jax.process_index() == 0)
   buckets = tuple(config.data.bucket_boundaries)
@@ -378,6 +386,12 @@ def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
       json.dump(final, f, indent=2)
     os.replace(final_path + ".tmp", final_path)
   return final
+
+
+def train_rng(config):
+  """The run's base PRNG key (threefry keeps the random stream of earlier runs)."""
+  impl = config.get("rng_impl", "threefry")
+  return jax.random.key(config.seed, impl=None if impl == "threefry" else impl)
 
 
 def _main_only(m: dict, task) -> dict | None:

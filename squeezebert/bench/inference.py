@@ -1,178 +1,47 @@
 """Inference benchmark: latency, throughput, FLOPs and memory of the deterministic forward.
 
-    python -m squeezebert.bench --variant squeezebert-base --batch 32 --seq 128 \
-        [--dtype bf16] [--param_dtype f32] [--json out.json] [--warmup 2 --iters 5] \
-        [--layers N] [--head base]
-    python -m squeezebert.bench --compare --batch 32 --seq 128 --rounds 16 --json cmp.json
-    python -m squeezebert.bench --variant squeezebert-base --quant int8 --batch 32 --seq 128
-    python -m squeezebert.bench --variant squeezebert-base --paths_rounds 10  # CPU paths A/B
-
-`--quant int8` times fp32, bf16 (bf16 params) and the int8 model (squeezebert.quant.to_int8 of
-the same weights: int8 kernels and embedding tables, int8 x int8 -> int32 matmuls with dynamic
-per-token activation scales) one after another, and reports each one's model.safetensors size.
-
 What is timed: `jax.jit` of `nnx.merge(graphdef, state)(ids, mask, types, deterministic=True)`
-with the graphdef static (closed over) and the whole nnx state passed as arguments (so the
-weights are runtime buffers, not folded constants), called through the AOT-compiled
-executable, `block_until_ready` on every call. Inputs: random token ids, full mask,
-token type 0. Weights: `--init fast` (default) fills the model's shapes with numpy random
-values (the model's own initializers, `--init model`, compile op by op and are slow on a
-small CPU). Each call's process CPU time is recorded too: `cpu_per_wall` near the core
-count means the run had the cores to itself; much lower means other load squeezed it.
-
-CPU notes (2-core AMD EPYC, jax 0.10.2, squeezebert-base batch 32 seq 128 fp32):
-XLA:CPU sends dots in canonical layout to its fast GEMM (YNNPACK fusions) and the rest to
-a generic Eigen path. The grouped einsum '...gi,gio->...go' landed on the slow path (3.5 s
-per batch); group-major '[G, ..., I] x [G, I, O]' (2.7 s) and heads-major attention
-(2.1 s together) came next; G plain 2-D dots on the input slices (`--layout split`, the CPU
-default, q/k/v fused per group) beat the batched form by 10-13%, and running the layer stack
-on chunks of 8 sequences (`--batch_chunk`, Encoder.batch_chunk) another ~4-12% (BERT-base
-~18%): the [B, H, L, L] scores and [B, L, 4D] FFN activations of a 32-sequence batch stream
-through memory, a chunk's stay in cache. Chunks run as 4 independent chains per loop step
-(`--chunk_streams`, Encoder.chunk_streams; a batch of 32 is one step), so the executor
-overlaps one chain's small fusions with another's GEMMs (~5%, both models). Deterministic
-split-layout attention runs group by group: a group's fused q/k/v dot holds whole heads, so
-it goes straight to heads-major q, k, v without joining the groups (~4%, bit-identical).
-A profile (jax.profiler, xla_cpu_enable_xprof_traceme) now puts ~89% of the executor's
-thread time in YNNPACK fusions (the GEMMs and the fused attention). The exact GELU is
-computed through erf (erfc is slower). A grouped `lax.conv_general_dilated` (2.9 s), a
-zero-filled block-diagonal dense (4x FLOPs)
-and XLA_FLAGS (multi_thread_eigen, use_onednn, use_xnnpack, xnn/ynn fusion types,
-prefer_vector_width=512) gave no gain. The host's speed drifts by tens of percent within
-minutes: `--compare --rounds N` times the two models interleaved (the ratio and the ms/seq
-target then use those medians) and `--paths_rounds N` interleaves the CPU code paths.
-
-FLOPs. `analytic_flops` counts 2 FLOPs per multiply-accumulate of the matmuls only:
-per layer QKV + post-attention + intermediate + output projections (each divided by its
-group count) and the two attention matmuls QK^T and AV (2*L*L*D MACs per sequence); the
-pooler (one D x D dense on token 0) is reported apart. Embeddings (gathers + LayerNorm),
-softmax, LayerNorm, GELU, biases and residual adds are not counted. With this rule
-SqueezeBERT-base is 7.40 GFLOPs/seq and BERT-base 22.35 GFLOPs/seq at seq 128 (encoder
-layers only), the SqueezeBERT paper's figures. XLA's `cost_analysis()` FLOPs are reported
-next to it; they also count elementwise ops (1 per element), so they run a little higher.
-
-dtype. `--dtype bf16` sets compute dtype bfloat16 and, by default, bfloat16 parameters too
-(`--param_dtype` overrides, e.g. f32 master weights cast per matmul as in mixed-precision
-training); LayerNorm statistics and the softmax stay in float32 as in the model code.
-
-Memory. GPU/TPU: `device.memory_stats()['peak_bytes_in_use']` (labelled
-`device_peak_bytes_in_use`). CPU has no allocator stats: we report the compiled
-executable's `memory_analysis()` (argument + output + temp bytes, labelled
-`compiled_memory_analysis`) and the process max RSS (`process_max_rss`, whole process,
-includes the Python runtime and every model built so far).
+with the graphdef static and the whole nnx state passed as arguments (weights are runtime
+buffers, not folded constants), through the AOT-compiled executable, `block_until_ready`
+on every call. Inputs: random token ids, full mask, token type 0. Weights: `init="fast"`
+fills the model's shapes with numpy random values (the model's own initializers compile op
+by op and are slow on a small CPU). Each call's process CPU time is recorded too:
+`cpu_per_wall` near the core count means the run had the cores to itself. `--dtype bf16`
+sets bf16 compute and, by default, bf16 parameters (`param_dtype` overrides). CPU code-path
+findings behind the defaults: docs/performance.md.
 """
-
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
-import resource
+import tempfile
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 from flax import nnx
 
+from squeezebert import quant as quant_lib
+from squeezebert.bench.device import environment, memory_report
+from squeezebert.convert import save_pretrained
+from squeezebert.bench.flops import analytic_flops, xla_cost
 from squeezebert.model import build_model, get_config, param_count
-from squeezebert.model.config import ModelConfig
-from squeezebert.model.layers import GROUPED_LAYOUTS, GroupedProjection, set_grouped_layout
-
-# The issue's target on a 2-core CPU, seq 128, fp32, batch 32.
-TARGET_RATIO = 0.40
-TARGET_MS_PER_SEQ = 55.0
-
+from squeezebert.model.config import ModelConfig, resolve_dtype
+from squeezebert.model.layers import (GroupedProjection, resolve_attention_impl,
+                                      set_grouped_layout)
 
 def make_config(variant: str, dtype: str = "float32", param_dtype: str | None = None,
-                layers: int | None = None) -> ModelConfig:
+                layers: int | None = None, attention_impl: str = "auto") -> ModelConfig:
   """Preset + benchmark dtype policy (param_dtype defaults to the compute dtype)."""
   alias = {"f32": "float32", "f16": "float16"}
   dtype = alias.get(dtype, dtype)
-  over: dict[str, Any] = dict(dtype=dtype, param_dtype=alias.get(param_dtype, param_dtype) or dtype)
+  over: dict[str, Any] = dict(dtype=dtype, param_dtype=alias.get(param_dtype, param_dtype) or dtype,
+                              attention_impl=attention_impl)
   if layers is not None:
     over["num_hidden_layers"] = layers
   return get_config(variant, **over)
-
-
-def analytic_flops(cfg: ModelConfig, seq: int) -> dict:
-  """Matmul FLOPs (2 per MAC) of one sequence of length `seq` through the encoder.
-
-  Variants: a hybrid conv layer replaces QKV and both attention matmuls with a depthwise
-  conv (L*D*K MACs); a separable FFN adds one (L*D*K); a factorized embedding adds its
-  E -> H projection (L*E*H, counted in `encoder`). Shared layers cost the same FLOPs."""
-  d, f, l = cfg.hidden_size, cfg.intermediate_size, seq
-  g = cfg.groups
-  mac = dict(
-      qkv=l * d * d * (1 / g["q"] + 1 / g["k"] + 1 / g["v"]),
-      post_attention=l * d * d / g["post_attention"],
-      intermediate=l * d * f / g["intermediate"],
-      output=l * f * d / g["output"],
-      attention_scores=l * l * d,   # QK^T over all heads
-      attention_context=l * l * d,  # AV over all heads
-  )
-  if cfg.separable_kernel:
-    mac["ffn_depthwise"] = l * d * cfg.separable_kernel
-  per_layer = {k: 2 * v for k, v in mac.items()}
-  layer_total = sum(per_layer.values())
-  conv_layer_total = (layer_total - per_layer["qkv"] - per_layer["attention_scores"]
-                      - per_layer["attention_context"] + 2 * l * d * cfg.conv_kernel)
-  n_conv = len(cfg.conv_layers)
-  encoder = (cfg.num_hidden_layers - n_conv) * layer_total + n_conv * conv_layer_total
-  if cfg.embedding_size != cfg.hidden_size:
-    encoder += 2 * l * cfg.embedding_size * d
-  pooler = 2 * d * d
-  return dict(per_layer=per_layer, layer_total=layer_total, encoder=encoder, pooler=pooler,
-              total=encoder + pooler, embeddings="excluded (gathers, no matmul)",
-              rule="2 FLOPs per MAC, matmuls only; softmax/LN/GELU/bias excluded")
-
-
-def xla_cost(compiled) -> dict:
-  """`compiled.cost_analysis()` as a dict (older jax returns a one-element list)."""
-  try:
-    ca = compiled.cost_analysis()
-  except Exception as e:  # some backends do not implement it
-    return dict(error=repr(e))
-  if isinstance(ca, (list, tuple)):
-    ca = ca[0] if ca else {}
-  ca = ca or {}
-  pick = lambda k: float(ca[k]) if k in ca else None
-  return dict(flops=pick("flops"), transcendentals=pick("transcendentals"),
-              bytes_accessed=pick("bytes accessed"))
-
-
-def memory_report(compiled, device) -> dict:
-  out: dict[str, Any] = {}
-  try:
-    stats = device.memory_stats()
-  except Exception:
-    stats = None
-  if stats and "peak_bytes_in_use" in stats:
-    out["peak_bytes"] = int(stats["peak_bytes_in_use"])
-    out["peak_source"] = "device_peak_bytes_in_use"
-  try:
-    ma = compiled.memory_analysis()
-  except Exception:
-    ma = None
-  if ma is not None:
-    parts = {k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
-             for k in ("argument", "output", "temp", "alias", "generated_code")}
-    out["compiled"] = parts
-    compiled_total = parts["argument"] + parts["output"] + parts["temp"] - parts["alias"]
-    out["compiled_total_bytes"] = compiled_total
-    if "peak_bytes" not in out:
-      out["peak_bytes"] = compiled_total
-      out["peak_source"] = "compiled_memory_analysis"
-  # ru_maxrss is KiB on Linux, bytes on macOS.
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  out["process_max_rss_bytes"] = int(rss if platform.system() == "Darwin" else rss * 1024)
-  if "peak_bytes" not in out:
-    out["peak_bytes"] = out["process_max_rss_bytes"]
-    out["peak_source"] = "process_max_rss"
-  return out
 
 
 def model_state(cfg: ModelConfig, head: str = "base", seed: int = 0, init: str = "fast"):
@@ -236,26 +105,6 @@ def time_calls(fn, args, warmup: int, iters: int) -> tuple[list[float], list[flo
   return wall, cpu
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def environment() -> dict:
-  dev = jax.devices()[0]
-  return dict(backend=jax.default_backend(), device=str(dev), device_kind=dev.device_kind,
-              cpu_model=_cpu_model(),
-              device_count=jax.device_count(), jax_version=jax.__version__,
-              cpu_count=os.cpu_count(), load_avg=list(os.getloadavg()),
-              xla_flags=os.environ.get("XLA_FLAGS", ""))
-
-
 QUANT = {"none": None, "int8": dict(weight_bits=8, act_bits=8),
          "w4a8": dict(weight_bits=4, act_bits=8), "w8": dict(weight_bits=8, act_bits=0)}
 
@@ -267,14 +116,12 @@ def quant_config(quant: str | None):
     return None
   if quant not in QUANT:
     raise ValueError(f"quant must be one of {sorted(QUANT)}, got {quant!r}")
-  from squeezebert.quant import QuantConfig  # noqa: PLC0415
-  return QuantConfig(mode="int8", **QUANT[quant])
+  return quant_lib.QuantConfig(mode="int8", **QUANT[quant])
 
 
 def int8_state(graphdef, state, qcfg):
   """(graphdef, state) of the int8 model converted from a float (graphdef, state)."""
-  from squeezebert import quant  # noqa: PLC0415
-  return nnx.split(quant.to_int8(nnx.merge(graphdef, state), qcfg))
+  return nnx.split(quant_lib.to_int8(nnx.merge(graphdef, state), qcfg))
 
 
 def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int = 128,
@@ -283,7 +130,7 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
                   iters: int = 5, seed: int = 0, init: str = "fast",
                   quant: str | None = None, cfg: ModelConfig | None = None,
                   layout: str = "auto", batch_chunk: str | int = "auto",
-                  chunk_streams: int | None = None) -> dict:
+                  chunk_streams: int | None = None, attention_impl: str = "auto") -> dict:
   """Build, compile and time one model; returns a JSON-able dict. quant='int8' (or 'w4a8',
   'w8'): the int8 model converted from the float one (float32 activations between matmuls).
   layout: how grouped projections run (squeezebert.model.layers.GROUPED_LAYOUTS);
@@ -293,7 +140,7 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
     raise ValueError(f"need warmup >= 0 and iters >= 1, got {warmup}, {iters}")
   qcfg = quant_config(quant)
   if cfg is None:  # else: an explicit ModelConfig (experiments/ bench their variants with it)
-    cfg = make_config(variant, dtype, param_dtype, layers)
+    cfg = make_config(variant, dtype, param_dtype, layers, attention_impl)
   if qcfg is not None and (cfg.dtype, cfg.param_dtype) != ("float32", "float32"):
     raise ValueError(f"--quant {quant} converts a float32 model (int8 weights, float32 scales); "
                      f"got dtype {cfg.dtype}/{cfg.param_dtype}")
@@ -332,6 +179,8 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
   res = dict(
       variant=variant, head=head, batch=batch, seq=seq,
       grouped_layout=grouped_layouts(graphdef, state),
+      attention=resolve_attention_impl(cfg.attention_impl, dropout_active=False,
+                                       dtype=resolve_dtype(cfg.dtype)),
       batch_chunk=chunk,
       chunk_streams=nnx.merge(graphdef, state).transformer.chunk_streams if chunk else None,
       quant=qcfg.tag if qcfg is not None else None,
@@ -435,7 +284,7 @@ def compare(batch: int = 32, seq: int = 128, dtype: str = "float32",
             variants=("squeezebert-base", "bert-base"), rounds: int = 0, **kw) -> dict:
   """Runs both variants back to back; ratio = latency(variants[0]) / latency(variants[1]).
   rounds > 0 (float models, base head): afterwards both are also timed interleaved for this
-  many rounds, and the ratio and the ms/seq target use those medians (a drifting host skews
+  many rounds, and the ratio and ms/seq use those medians (a drifting host skews
   two back-to-back timings, not an interleaved pair)."""
   a = run_benchmark(variants[0], batch, seq, dtype, **kw)
   b = run_benchmark(variants[1], batch, seq, dtype, **kw)
@@ -446,14 +295,9 @@ def compare(batch: int = 32, seq: int = 128, dtype: str = "float32",
     inter = interleaved(calls, rounds, batch)
     ms_a, ms_b = inter["median"][variants[0]], inter["median"][variants[1]]
     out["interleaved"] = inter
-  ratio = ms_a / ms_b
-  out.update(latency_ratio=ratio, ms_per_seq=ms_a, timing="interleaved" if rounds else
+  out.update(latency_ratio=ms_a / ms_b, ms_per_seq=ms_a, timing="interleaved" if rounds else
              "back to back",
-             flops_ratio=a["flops_analytic"]["per_seq"] / b["flops_analytic"]["per_seq"],
-             targets=dict(ratio_max=TARGET_RATIO, ms_per_seq_max=TARGET_MS_PER_SEQ,
-                          note="issue target: 2-core CPU, fp32, batch 32, seq 128",
-                          ratio_ok=ratio <= TARGET_RATIO,
-                          ms_per_seq_ok=ms_a <= TARGET_MS_PER_SEQ))
+             flops_ratio=a["flops_analytic"]["per_seq"] / b["flops_analytic"]["per_seq"])
   return out
 
 
@@ -461,9 +305,6 @@ def saved_sizes(variant: str, head: str = "base", layers: int | None = None, see
                 init: str = "fast", quant: str = "int8") -> dict:
   """Bytes on disk (model.safetensors) of the fp32, bf16 and quantized model directories:
   save_pretrained of the float model in float32 and in bfloat16, save_int8 of the int8 one."""
-  import tempfile  # noqa: PLC0415
-  from squeezebert import quant as quant_lib  # noqa: PLC0415
-  from squeezebert.convert import save_pretrained  # noqa: PLC0415
   qcfg = quant_config(quant)
   cfg = make_config(variant, "float32", None, layers)
   graphdef, state, _ = model_state(cfg, head, seed, init)
@@ -533,82 +374,3 @@ def summary(r: dict) -> str:
           f"load avg {r['load_avg']}")
 
 
-def main(argv):
-  del argv
-  F = flags.FLAGS
-  kw = dict(param_dtype=F.param_dtype, layers=F.layers, head=F.head, warmup=F.warmup,
-            iters=F.iters, seed=F.seed, init=F.init, layout=F.layout,
-            batch_chunk=F.batch_chunk if F.batch_chunk == "auto" else int(F.batch_chunk),
-            chunk_streams=F.chunk_streams)
-  if F.quant != "none" and F.compare:
-    raise app.UsageError("--quant and --compare are separate comparisons: give one")
-  if F.paths_rounds:
-    out = compare_paths(F.variant, F.batch, F.seq, F.paths_rounds, seed=F.seed)
-    for k in out["median"]:
-      print(f"{F.variant} {k:24s} median {out['median'][k]:7.2f}  min {out['min'][k]:7.2f} "
-            "ms/seq")
-  elif F.quant != "none":
-    out = compare_quant(F.variant, F.batch, F.seq, F.quant, **kw)
-    for r in out["results"].values():
-      print(summary(r))
-    print(quant_table(out))
-  elif F.compare:
-    out = compare(F.batch, F.seq, F.dtype, rounds=F.rounds, **kw)
-    for r in out["results"].values():
-      print(summary(r))
-    if F.rounds:
-      print(f"interleaved, {F.rounds} rounds (median ms/seq): " + ", ".join(
-          f"{k} {v:.2f}" for k, v in out["interleaved"]["median"].items()))
-    t = out["targets"]
-    print(f"latency ratio {out['latency_ratio']:.3f} (target <= {t['ratio_max']}: "
-          f"{'ok' if t['ratio_ok'] else 'MISSED'}); analytic FLOPs ratio "
-          f"{out['flops_ratio']:.3f}; ms/seq target <= {t['ms_per_seq_max']}: "
-          f"{'ok' if t['ms_per_seq_ok'] else 'MISSED'}")
-  else:
-    out = run_benchmark(F.variant, F.batch, F.seq, F.dtype, **kw)
-    print(summary(out))
-  if F.json:
-    d = os.path.dirname(os.path.abspath(F.json))
-    os.makedirs(d, exist_ok=True)
-    with open(F.json, "w") as fh:
-      json.dump(out, fh, indent=2)
-    print(f"wrote {F.json}")
-
-
-def _define_flags():
-  flags.DEFINE_string("variant", "squeezebert-base", "model preset (squeezebert.PRESETS)")
-  flags.DEFINE_integer("batch", 32, "batch size")
-  flags.DEFINE_integer("seq", 128, "sequence length")
-  flags.DEFINE_string("dtype", "float32", "compute dtype: f32|fp32|float32|bf16|bfloat16|...")
-  flags.DEFINE_string("param_dtype", None, "parameter dtype (default: same as --dtype)")
-  flags.DEFINE_integer("layers", None, "override num_hidden_layers")
-  flags.DEFINE_string("head", "base", "task head")
-  flags.DEFINE_integer("warmup", 2, "untimed calls after compilation")
-  flags.DEFINE_integer("iters", 5, "timed calls")
-  flags.DEFINE_integer("seed", 0, "init / input seed")
-  flags.DEFINE_enum("init", "fast", ["fast", "model"],
-                    "weights: numpy random (fast) or the model's own initializers (slow)")
-  flags.DEFINE_bool("compare", False, "run squeezebert-base and bert-base; report the ratio")
-  flags.DEFINE_enum("quant", "none", sorted(QUANT),
-                    "int8 (w8a8) | w4a8 | w8: fp32, bf16 and this quantized model of --variant "
-                    "side by side (latency and size on disk)")
-  flags.DEFINE_enum("layout", "auto", list(GROUPED_LAYOUTS),
-                    "grouped projections: auto (split on CPU, einsum elsewhere) | einsum | split")
-  flags.DEFINE_string("batch_chunk", "auto",
-                      "sequences per chunk of the layer stack: auto (8 on one CPU device, else "
-                      "off) | 0 (whole batch) | N")
-  flags.DEFINE_integer("chunk_streams", None,
-                       "chunks per step of the chunk loop, each an independent chain "
-                       "(default: the model's, 4)")
-  flags.DEFINE_integer("rounds", 0,
-                       "with --compare: > 0 also times both models interleaved for this many "
-                       "rounds; the ratio and the ms/seq target then use those medians")
-  flags.DEFINE_integer("paths_rounds", 0,
-                       "> 0: time the CPU code paths (layout x batch chunk) of --variant "
-                       "interleaved for this many rounds instead")
-  flags.DEFINE_string("json", None, "write the result dict here")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
