@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from squeezebert import bench
@@ -118,3 +119,60 @@ def test_layout_and_batch_chunk_options():
   assert all(len(v) == 2 and min(v) > 0 for v in paths["times"].values())
   with pytest.raises(ValueError, match="rounds"):
     bench.compare_paths("tiny", rounds=0)
+
+
+# ------------------------------------------------------------------ --mode train
+def test_train_benchmark_schema_and_flops():
+  r = bench.run_train_benchmark("tiny", batch=4, seq=16, dtype="float32", warmup=1, iters=2)
+  json.dumps(r)
+  assert r["mode"] == "train" and r["task"] == "sst2" and len(r["times_s"]) == 2
+  med = r["step_s"]["median"]
+  assert r["tokens_per_s"] == pytest.approx(4 * 16 / med)
+  # 6 x forward matmul MACs: 3 x (encoder + pooler + classifier) forward FLOPs per sequence.
+  cfg = bench.make_config("tiny")
+  fwd = bench.analytic_flops(cfg, 16)["total"] + 2 * cfg.hidden_size * 2
+  assert r["flops"]["per_step"] == 4 * 3 * fwd
+  assert r["peak_source"].startswith("measured") and r["peak_flops"] > 1e9  # CPU: measured
+  assert r["mfu"] == pytest.approx(r["flops"]["per_step"] / med / r["peak_flops"])
+  assert r["memory"]["peak_bytes"] > 0 and np.isfinite(r["final_loss"])
+  assert r["attention"] == {"train": "manual", "eval": "manual"}
+  # The pretraining head: MLM on the masked positions only, SOP; LAMB.
+  p = bench.run_train_benchmark("squeezebert-small", batch=2, seq=16, head="pretraining",
+                                optimizer="lamb", layers=1, warmup=0, iters=1)
+  assert p["masked_positions"] == 3 and p["task"] == "pretrain"  # ceil(16 * 0.15)
+  with pytest.raises(ValueError, match="vocab"):
+    bench.run_train_benchmark("tiny", batch=2, seq=16, head="pretraining", iters=1)
+
+
+def test_peak_table():
+  from squeezebert.bench import device
+  assert device.table_peak("NVIDIA H200", "bfloat16") == 989e12
+  assert device.table_peak("NVIDIA A100-SXM4-80GB", "float32") == 156e12
+  assert device.table_peak("TPU v5 lite", "bfloat16") == 197e12
+  assert device.table_peak("TPU v5", "bfloat16") == 459e12
+  assert device.table_peak("TPU v6 lite", "bfloat16") == 918e12
+  assert device.table_peak("Quadro", "bfloat16") is None
+
+
+def test_train_compare_hf():
+  pytest.importorskip("torch")
+  out = bench.compare_hf(batch=2, seq=16, rounds=2, variants=("tiny",), warmup=0)
+  assert set(out["median_s"]) == {"ours/tiny", "hf/tiny"}
+  assert all(len(v) == 2 and min(v) > 0 for v in out["times_s"].values())
+  assert out["speedup"]["tiny"] == pytest.approx(out["median_s"]["hf/tiny"]
+                                                 / out["median_s"]["ours/tiny"])
+
+
+def test_train_cli(tmp_path):
+  path = tmp_path / "train.json"
+  p = subprocess.run([sys.executable, "-m", "squeezebert.bench", "--mode", "train",
+                      "--variant", "tiny", "--batch", "2", "--seq", "8", "--warmup", "0",
+                      "--iters", "1", "--remat", "full", "--fused_qkv", "--json", str(path)],
+                     capture_output=True, text=True, timeout=180)
+  assert p.returncode == 0, p.stderr[-2000:]
+  r = json.loads(path.read_text())
+  assert (r["remat"], r["fused_qkv"], r["batch"]) == ("full", True, 2)
+  assert "MFU" in p.stdout
+  bad = subprocess.run([sys.executable, "-m", "squeezebert.bench", "--remat", "full"],
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and "--mode train" in bad.stderr

@@ -28,7 +28,7 @@ from squeezebert.bench import device as device_lib
 from squeezebert.bench import inference
 from squeezebert.bench.flops import train_flops, xla_cost
 from squeezebert.convert import config_to_hf
-from squeezebert.model import get_config, param_count
+from squeezebert.model import SqueezeBert, get_config, param_count
 from squeezebert.model.layers import resolve_attention_impl
 from squeezebert.train import optim, steps as steps_lib, tasks as tasks_lib, trainer
 
@@ -79,7 +79,7 @@ def synthetic_batch(task, vocab_size: int, batch: int, seq: int, seed: int = 0) 
   return out
 
 
-def _build(config, seed: int = 0, init: str = "fast"):
+def build(config, seed: int = 0, init: str = "fast"):
   """(task, model, optimizer) as the trainer builds them (fast init: numpy weights)."""
   task = tasks_lib.get_task(config)
   overrides = dict(configlib.model_overrides(config.model), dtype=config.dtype)
@@ -92,9 +92,33 @@ def _build(config, seed: int = 0, init: str = "fast"):
   return task, model
 
 
+def abstract_train_step(config):
+  """(jitted train step, abstract arguments) with no weights allocated (nnx.eval_shape): what
+  `jax.export` lowers for a platform this machine does not have (tests/test_lowering.py)."""
+  task = tasks_lib.get_task(config)
+  cfg = get_config(config.model.variant,
+                   **dict(configlib.model_overrides(config.model), dtype=config.dtype))
+  tx, lr = optim.make_tx(config, 10_000, 100)
+
+  def build():
+    model = SqueezeBert(cfg, head=task.head, num_labels=task.num_labels,
+                        rngs=nnx.Rngs(params=config.seed))
+    return model, optim.make_optimizer(model, tx)
+
+  graphdef, state = nnx.split(nnx.eval_shape(build))
+  step = steps_lib.make_train_step(graphdef, task, lr, config.grad_accum_steps,
+                                   finite_check=config.finite_check)
+  batch = synthetic_batch(task, cfg.vocab_size, config.batch_size, config.data.max_len)
+  spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+  args = (state, {k: spec(v) for k, v in batch.items()},
+          jax.ShapeDtypeStruct((), trainer.train_rng(config).dtype),
+          jax.ShapeDtypeStruct((), np.int32))
+  return step, args
+
+
 def train_step_call(config, seed: int = 0, init: str = "fast"):
   """(compiled step, its initial arguments, lower+compile seconds, task, model)."""
-  task, model = _build(config, seed, init)
+  task, model = build(config, seed, init)
   tx, lr = optim.make_tx(config, 10_000, 100)
   optimizer = optim.make_optimizer(model, tx)
   graphdef, state = nnx.split((model, optimizer))
