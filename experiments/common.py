@@ -25,6 +25,13 @@ from typing import Any, Callable
 
 from absl import flags, logging
 
+from squeezebert import bench, convert, load
+from squeezebert.model import ModelConfig
+from squeezebert import workdir as workdir_lib
+from squeezebert.quant import QuantConfig
+from squeezebert.quant import cli as quant_cli
+from squeezebert.train import trainer
+
 RESULT = "cell.json"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,7 +152,6 @@ def cell_config(task: str, cell: Cell, seed: int, base: dict):
 
 
 def _bench(model_cfg, quant: str | None, batch: int, seq: int, iters: int) -> dict:
-  from squeezebert import bench  # noqa: PLC0415
   seq = min(seq, model_cfg.max_position_embeddings)
   r = bench.run_benchmark(cfg=model_cfg.replace(dtype="float32"), batch=batch, seq=seq,
                           warmup=1, iters=iters, quant=quant)
@@ -167,10 +173,6 @@ def _main_metric(metrics: dict, name: str):
 def run_cell(task: str, cell: Cell, seed: int, root: str, base: dict, bench_cfg: dict,
              cells: dict[str, Cell]) -> dict:
   """Train (or resume) one cell and measure it; returns (and writes) its cell.json."""
-  from squeezebert import convert  # noqa: PLC0415
-  from squeezebert.quant import cli as quant_cli  # noqa: PLC0415
-  from squeezebert.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  from squeezebert.train import trainer  # noqa: PLC0415
   wd = workdir(root, cell.name, seed)
   path = os.path.join(wd, RESULT)
   if os.path.exists(path):
@@ -184,14 +186,13 @@ def run_cell(task: str, cell: Cell, seed: int, root: str, base: dict, bench_cfg:
     logging.info("=== %s seed %d -> %s", cell.name, seed, wd)
     metrics = trainer.train_and_evaluate(config, wd)
     train_s = time.time() - t0
-    run = ckpt_lib.read_run_file(wd)
-    model = convert.from_pretrained(wd)
+    run = workdir_lib.read_run_file(wd)
+    model = load.from_pretrained(wd)
     params = sum(v.size for v in convert.flat_params(model).values())
     with tempfile.TemporaryDirectory() as tmp:
       size = _dir_bytes(convert.save_pretrained(model, tmp))
     qtag = None
     if run.get("quant"):
-      from squeezebert.quant import QuantConfig  # noqa: PLC0415
       qtag = "qat-" + QuantConfig.from_dict(run["quant"]).tag
     bench_quant = None
   else:
@@ -200,21 +201,20 @@ def run_cell(task: str, cell: Cell, seed: int, root: str, base: dict, bench_cfg:
     if not os.path.exists(os.path.join(src_wd, RESULT)):
       raise FileNotFoundError(f"cell {cell.name} quantizes cell {src.name}, which has not "
                               f"finished for seed {seed} ({src_wd}): run it first")
-    config = ckpt_lib.read_train_config(src_wd)
+    config = workdir_lib.read_train_config(src_wd)
     logging.info("=== %s seed %d: quantize %s -> %s", cell.name, seed, src_wd, wd)
     q = dict(cell.quant or {})
     mode = q.pop("mode", "ptq")
     res = quant_cli.run(src_wd, mode, os.path.join(wd, "int8"), overrides=q, config=config,
                         eval_source=False)
     metrics, train_s = res["int8"], time.time() - t0  # quantization + eval (no training)
-    run = ckpt_lib.read_run_file(src_wd)
+    run = workdir_lib.read_run_file(src_wd)
     params = None
     size = res["int8_bytes"]
     qtag = res["tag"]
     bench_quant = {8: "int8", 4: "w4a8"}[res["quant"]["weight_bits"]]
     if res["quant"]["act_bits"] == 0:
       bench_quant = "w8"
-  from squeezebert.model import ModelConfig  # noqa: PLC0415
   model_cfg = ModelConfig(**run["model"])
   if params is None:
     with open(os.path.join(workdir(root, cell.source, seed), RESULT)) as f:

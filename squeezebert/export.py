@@ -24,7 +24,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from flax import nnx
+
+from squeezebert.load import from_pretrained as load_model
 
 ARTIFACT = "model.jaxexport"
 META = "export.json"
@@ -102,10 +105,9 @@ def load(out_dir: str):
 
 
 def main(argv):
-  from absl import flags  # noqa: PLC0415
-  from squeezebert import convert  # noqa: PLC0415
+  del argv
   f = flags.FLAGS
-  model = convert.from_pretrained(f.model)
+  model = load_model(f.model)
   meta = export_model(model, f.out, f.batch, f.seq, source=os.path.abspath(f.model))
   if f.check:
     rng = np.random.default_rng(0)
@@ -124,7 +126,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # noqa: PLC0415
   flags.DEFINE_string("model", None, "workdir / model dir / int8 dir / HF dir", required=True)
   flags.DEFINE_string("out", None, "output directory", required=True)
   flags.DEFINE_integer("batch", 0, "fixed batch size (0: symbolic)")

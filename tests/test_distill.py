@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from squeezebert import load
+from squeezebert.model import surgery
 from squeezebert import convert
 from squeezebert.model import SqueezeBert, get_config
 from squeezebert.model.model import ModelOutput
@@ -88,7 +90,7 @@ def teacher_dir(tmp_path_factory):
 
 @needs_tfds
 def test_distillation_end_to_end(teacher_dir, tmp_path):
-  before = convert.flat_params(convert.from_pretrained(str(teacher_dir)))
+  before = convert.flat_params(load.from_pretrained(str(teacher_dir)))
   cfg = runlocal(distill__teacher=str(teacher_dir), distill__alpha=0.7,
                  distill__hidden_weight=0.5)
   result = trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
@@ -98,7 +100,7 @@ def test_distillation_end_to_end(teacher_dir, tmp_path):
     total = 0.3 * r["task_loss"] + 0.7 * r["kd_loss"] + 0.5 * r["hidden_loss"]
     assert r["loss"] == pytest.approx(total, rel=1e-4)
     assert r["kd_loss"] > 0
-  after = convert.flat_params(convert.from_pretrained(str(teacher_dir)))
+  after = convert.flat_params(load.from_pretrained(str(teacher_dir)))
   for k in before:  # the teacher is frozen (and its file untouched)
     np.testing.assert_array_equal(before[k], after[k])
 
@@ -115,7 +117,7 @@ def test_teacher_head_must_match(teacher_dir, tmp_path):
 
 def test_projected_hidden_loss_matches_hand_computed():
   # Student width 2, teacher width 3; the projection h @ W + b by hand.
-  proj = distill.HiddenProjection(2, 3, rngs=nnx.Rngs(params=0))
+  proj = surgery.HiddenProjection(2, 3, rngs=nnx.Rngs(params=0))
   w = np.array([[1.0, 0.0, 2.0], [0.0, -1.0, 1.0]], np.float32)
   b = np.array([0.5, 0.0, -0.5], np.float32)
   proj.dense.kernel[...] = jnp.asarray(w)
@@ -171,11 +173,11 @@ def test_projection_trains_resumes_and_is_dropped_on_load(wide_teacher_dir, tmp_
   rows = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
   assert all(r["hidden_loss"] > 0 for r in rows)
   # The projection is a trained parameter of the checkpoint ...
-  from squeezebert.train import checkpoint as ckpt_lib
+  from squeezebert import workdir as ckpt_lib
   ck = ckpt_lib.Checkpoints(str(workdir), read_only=True)
   probe = SqueezeBert(get_config(cfg.model.variant, vocab_size=30522), head="classification",
                       num_labels=2, rngs=nnx.Rngs(params=cfg.seed))
-  init_kernel = np.asarray(distill.attach_projection(
+  init_kernel = np.asarray(surgery.attach_projection(
       probe, run["distill_projection"], seed=cfg.seed).distill_projection.dense.kernel[...])
   saved, _, _ = ck.restore(4, nnx.state(probe))
   ck.close()
@@ -189,9 +191,9 @@ def test_projection_trains_resumes_and_is_dropped_on_load(wide_teacher_dir, tmp_
   # ... eval mode rebuilds it from run.json; loading for use drops it.
   cfg.mode = "eval"
   assert np.isfinite(trainer.train_and_evaluate(cfg, str(workdir))["accuracy"])
-  model = convert.from_pretrained(str(workdir))
-  assert distill.projection_of(model) is None
-  assert not any(k.startswith(distill.PROJECTION_ATTR) for k in convert.flat_params(model))
+  model = load.from_pretrained(str(workdir))
+  assert surgery.projection_of(model) is None
+  assert not any(k.startswith(surgery.PROJECTION_ATTR) for k in convert.flat_params(model))
 
 
 def test_augment_ids_replaces_only_real_ordinary_tokens():
@@ -272,11 +274,11 @@ def test_distillation_with_augmentation(teacher_dir, tmp_path):
 def test_embedding_init_from_teacher(teacher_dir, tmp_path):
   """distill.embedding_init: the scratch student's word embeddings start as the teacher's
   table projected to the student's width (here equal widths), then train as usual."""
-  from squeezebert import embed_init
+  from squeezebert.train import embed_init
   cfg = runlocal(distill__teacher=str(teacher_dir), distill__embedding_init=True,
                  learning_rate=1e-12, num_train_steps=2, eval_every_steps=2)
   trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
-  got = np.asarray(convert.from_pretrained(str(tmp_path / "w"))
+  got = np.asarray(load.from_pretrained(str(tmp_path / "w"))
                    .transformer.embeddings.word_embeddings[...])
   want, covered = embed_init.from_teacher(get_config("tiny", vocab_size=30522),
                                           str(teacher_dir))

@@ -1,4 +1,4 @@
-"""Closed-form embedding initialisation (squeezebert.embed_init): co-occurrence counts, PPMI,
+"""Closed-form embedding initialisation (squeezebert.train.embed_init): co-occurrence counts, PPMI,
 SVD embeddings that group co-occurring tokens, TinyBERT's embedding loss minimised over the
 whole table, and the model directory the CLI writes."""
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from squeezebert import convert, embed_init
+from squeezebert import convert, load
+from squeezebert.train import embed_init
 from squeezebert.model import SqueezeBert, get_config
 
 V = 1010  # ids >= 999 are ordinary tokens
@@ -76,7 +77,7 @@ def test_build_teacher_init_and_errors(tmp_path):
   teacher = SqueezeBert(cfg, head="base", num_labels=2, rngs=nnx.Rngs(params=3))
   tdir = convert.save_pretrained(teacher, str(tmp_path / "teacher"))
   out = embed_init.build("teacher", "tiny", str(tmp_path / "init"), teacher=tdir, seed=5)
-  m = convert.from_pretrained(out, head="classification", num_labels=2)
+  m = load.from_pretrained(out, head="classification", num_labels=2)
   got = np.asarray(m.transformer.embeddings.word_embeddings[...])
   want, _ = embed_init.teacher_embeddings(
       np.asarray(teacher.transformer.embeddings.word_embeddings[...]), cfg.embedding_size)

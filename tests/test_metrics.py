@@ -5,7 +5,7 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
-from squeezebert import metrics
+from squeezebert.tasks import glue as metrics
 
 # TP=3 (rows 0, 3, 5), FP=1 (row 2), FN=1 (row 4), TN=1 (row 1).
 P = np.array([1, 0, 1, 1, 0, 1])

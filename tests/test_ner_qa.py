@@ -15,11 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from squeezebert import metrics_ner, metrics_squad
+from squeezebert import load
+from squeezebert.metrics import ner as metrics_ner, squad as metrics_squad
 from squeezebert.data import conll, squad
 from squeezebert.data import tokenizer as tokenization
-from squeezebert.train import checkpoint as ckpt_lib
-from squeezebert.train import tasks as tasks_lib
+from squeezebert import workdir as ckpt_lib
+from squeezebert import tasks as tasks_lib
 from squeezebert.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

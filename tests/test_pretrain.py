@@ -13,11 +13,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from squeezebert import load
+from squeezebert.train.mesh import Mesh
+from squeezebert.train import setup as setup_lib
+from squeezebert.model import surgery
 from squeezebert import convert
 from squeezebert.data import pretraining, text_corpus
 from squeezebert.data import tokenizer as tokenization
 from squeezebert.model import SqueezeBert, get_config
-from squeezebert.train import masking, trainer
+from squeezebert.tasks import masking
+from squeezebert.train import trainer
 
 from test_train import (_assert_same_update, _batch, _one_step, compile_cache,  # noqa: F401
                         read_jsonl, runlocal)
@@ -238,7 +243,7 @@ def test_masked_position_logits_equal_full_logits():
 def test_lamb_accumulation_matches_full_batch():
   cfg = runlocal(optimizer="lamb", model__hidden_dropout_prob=0.0,
                  model__attention_probs_dropout_prob=0.0)
-  batch, mesh = _batch(seed=2), trainer.Mesh()
+  batch, mesh = _batch(seed=2), Mesh()
   full = _one_step(cfg, mesh, batch, grad_accum=1)
   _assert_same_update(full, _one_step(cfg, mesh, batch, grad_accum=4))
   adamw = _one_step(runlocal(model__hidden_dropout_prob=0.0,
@@ -271,7 +276,7 @@ def test_pretrain_end_to_end_and_hf_export(corpus_dir, tmp_path):
   assert result["perplexity"] == pytest.approx(np.exp(result["mlm_loss"]), rel=1e-5)
   train_rows = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
   assert {"mlm_loss", "mlm_accuracy", "sop_accuracy", "sop_loss"} <= set(train_rows[-1])
-  model = convert.from_pretrained(str(workdir), head="mlm")
+  model = load.from_pretrained(str(workdir), head="mlm")
   out_dir = tmp_path / "hf"
   convert.export_hf(model, str(out_dir))
   hf = transformers.SqueezeBertForMaskedLM.from_pretrained(str(out_dir)).eval()
@@ -332,12 +337,12 @@ def test_pretrain_hidden_state_distillation_from_a_plain_encoder(corpus_dir, tmp
   assert run["best_metric"] is None and result["best_step"] is None
   # Teacher and student widths are equal: no projection is made.
   assert "distill_projection" not in run
-  assert distill.projection_of(convert.from_pretrained(str(tmp_path / "run"))) is None
+  assert surgery.projection_of(load.from_pretrained(str(tmp_path / "run"))) is None
 
 
 def test_init_from_warns_about_inherited_dropout():
   """A pretraining run without dropout hands 0.0 to its fine-tunes unless they set it."""
-  inherited_dropout_note = trainer.inherited_dropout_note
+  inherited_dropout_note = setup_lib.inherited_dropout_note
   no_drop = get_config("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   note = inherited_dropout_note(no_drop, {})
   assert "hidden_dropout_prob=0.0" in note and "attention_probs_dropout_prob=0.0" in note

@@ -17,12 +17,13 @@ import qwix
 from flax import nnx
 from test_train import compile_cache, needs_tfds, runlocal  # noqa: F401 (autouse fixture)
 
+from squeezebert import load
 from squeezebert import bench, convert, quant
 from squeezebert.model import SqueezeBert, get_config
 from squeezebert.model.layers import GroupedProjection
 from squeezebert.quant import QuantConfig, fake
 from squeezebert.quant import core as quant_core
-from squeezebert.train import checkpoint as ckpt_lib
+from squeezebert import workdir as ckpt_lib
 from squeezebert.train import trainer
 
 # Grouped (G=2) q/k/v and FFN projections and a dense (G=1) post-attention projection.
@@ -265,7 +266,7 @@ def test_int8_model_reload_identical_and_small(tmp_path, weight_bits):
   ratio = quant.dir_bytes(out_dir) / quant.dir_bytes(fp32_dir)
   assert ratio <= {8: 0.27, 4: 0.21}[weight_bits], ratio  # (int8 embedding tables in both)
   ref = outputs(int8, x, jit=True)
-  for reloaded in (quant.load_int8(out_dir), convert.from_pretrained(out_dir)):
+  for reloaded in (quant.load_int8(out_dir), load.from_pretrained(out_dir)):
     got = outputs(reloaded, x, jit=True)
     for k in ref:
       assert np.array_equal(ref[k], got[k]), k
@@ -342,7 +343,7 @@ def test_qat_training_then_int8_cli(tmp_path):
   assert run["quant"]["mode"] == "qat" and run["quant"]["weight_bits"] == 8
   assert ckpt_lib.read_train_config(workdir).quant.mode == "qat"
   # A QAT checkpoint (dynamic ranges) is an ordinary float checkpoint.
-  float_model = convert.from_pretrained(workdir)
+  float_model = load.from_pretrained(workdir)
   assert type(float_model) is SqueezeBert
 
   res = cli.run(workdir, "int8", str(tmp_path / "int8"))
@@ -350,7 +351,7 @@ def test_qat_training_then_int8_cli(tmp_path):
   assert res["source"]["accuracy"] == pytest.approx(final["accuracy"], abs=1e-6)
   assert abs(res["int8"]["accuracy"] - res["source"]["accuracy"]) <= 2 / 32 + 1e-9
   assert json.load(open(tmp_path / "int8" / cli.RESULT_FILE))["int8"] == res["int8"]
-  int8 = convert.from_pretrained(str(tmp_path / "int8"))
+  int8 = load.from_pretrained(str(tmp_path / "int8"))
   qat, _ = cli.load_workdir_model(workdir)
   x = make_inputs(batch=8, length=16, vocab=30522)
   a, b = outputs(qat, x, jit=True), outputs(int8, x, jit=True)

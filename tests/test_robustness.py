@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from squeezebert import load
 from squeezebert import convert, export
 from squeezebert.robustness import noise
 from squeezebert.robustness import attack as attack_lib
@@ -88,8 +89,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def test_hotflip_increases_loss(trained):
   wd, config, _ = trained
   from squeezebert.data import batching  # noqa: PLC0415
-  from squeezebert.train import tasks  # noqa: PLC0415
-  from squeezebert.train.checkpoint import load_model_from_workdir  # noqa: PLC0415
+  from squeezebert import tasks  # noqa: PLC0415
+  from squeezebert.load import load_workdir as load_model_from_workdir  # noqa: PLC0415
   model = load_model_from_workdir(wd)
   task = tasks.get_task(config)
   enc = task.load("train")
@@ -187,7 +188,7 @@ def test_exported_model_of_a_saved_checkpoint(tmp_path):
   from squeezebert.model import get_config, build_model  # noqa: PLC0415
   model = build_model(get_config("tiny", share_layers=True), head="token", num_labels=5)
   convert.save_pretrained(model, str(tmp_path / "m"))
-  export.export_model(convert.from_pretrained(str(tmp_path / "m")), str(tmp_path / "e"))
+  export.export_model(load.from_pretrained(str(tmp_path / "m")), str(tmp_path / "e"))
   ids = np.arange(1, 13, dtype=np.int32).reshape(2, 6)
   np.testing.assert_allclose(export.load(str(tmp_path / "e"))(ids)["logits"],
                              model(ids, deterministic=True).logits, atol=1e-5)

@@ -23,10 +23,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from squeezebert.train import checkpoint as ckpt_lib
+from squeezebert import load
+from squeezebert.train.mesh import Mesh
+from squeezebert.train import setup as setup_lib
+from squeezebert import workdir as ckpt_lib
 from squeezebert.train import optim
 from squeezebert.train import steps as steps_lib
-from squeezebert.train import tasks as tasks_lib
+from squeezebert import tasks as tasks_lib
 from squeezebert.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -106,7 +109,7 @@ def param_arrays(model) -> dict:
 
 
 def saved_params(workdir, step):
-  return param_arrays(ckpt_lib.load_model_from_workdir(str(workdir), step=step))
+  return param_arrays(load.load_workdir(str(workdir), step=step))
 
 
 def assert_metrics_close(a: dict, b: dict, tol=1e-6):
@@ -299,7 +302,7 @@ def _batch(batch_size=8, length=32, seed=0):
 def _one_step(cfg, mesh, batch, grad_accum=1):
   """One jitted train step as the trainer runs it; returns (loss, {param path: array})."""
   task = tasks_lib.get_task(cfg)
-  model = trainer.build_model(cfg, task)
+  model = setup_lib.build_model(cfg, task)
   tx, lr = optim.make_tx(cfg, 4, 0)
   graphdef, state = nnx.split((model, optim.make_optimizer(model, tx)))
   state = jax.device_put(state, mesh.replicated)
@@ -323,7 +326,7 @@ def test_two_devices_match_one_device():
   assert jax.device_count() == 2, "conftest.py should give JAX two host CPU devices"
   cfg = runlocal()  # dropout on: its random bits must not depend on the sharding
   batch = _batch()
-  mesh2, mesh1 = trainer.Mesh(), trainer.Mesh(jax.devices()[:1])
+  mesh2, mesh1 = Mesh(), Mesh(jax.devices()[:1])
   sharded = mesh2.put_batch(batch)["input_ids"]
   assert len(sharded.sharding.device_set) == 2
   assert {s.data.shape for s in sharded.addressable_shards} == {(4, 32)}
@@ -333,12 +336,12 @@ def test_two_devices_match_one_device():
 
 def test_grad_accumulation_matches_full_batch():
   cfg = runlocal(model__hidden_dropout_prob=0.0, model__attention_probs_dropout_prob=0.0)
-  batch, mesh = _batch(seed=1), trainer.Mesh()
+  batch, mesh = _batch(seed=1), Mesh()
   full = _one_step(cfg, mesh, batch, grad_accum=1)
   accum = _one_step(cfg, mesh, batch, grad_accum=2)
   _assert_same_update(full, accum)
   # Not vacuous: the update moved the parameters.
-  init = trainer.build_model(cfg, tasks_lib.get_task(cfg))
+  init = setup_lib.build_model(cfg, tasks_lib.get_task(cfg))
   kernel = "['classifier']['kernel']"
   assert not np.allclose(np.asarray(init.classifier.kernel[...]), full[1][kernel])
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from squeezebert import load
 from squeezebert import bench, convert
 from squeezebert.model import SqueezeBert, get_config, surgery
 from squeezebert.model.layers import ConvMixer, SelfAttention, SeqConv
@@ -122,7 +123,7 @@ def test_conv_layers_from_string_and_json_roundtrip():
 def test_variant_save_load_and_no_hf_export(tmp_path):
   m = make(embedding_size=16, share_layers=True)
   convert.save_pretrained(m, str(tmp_path / "ours"))
-  m2 = convert.from_pretrained(str(tmp_path / "ours"))
+  m2 = load.from_pretrained(str(tmp_path / "ours"))
   np.testing.assert_allclose(m(IDS, MASK).logits, m2(IDS, MASK).logits, atol=1e-6)
   with pytest.raises(ValueError, match="save_pretrained"):
     convert.export_hf(m, str(tmp_path / "hf"))
@@ -168,7 +169,7 @@ def test_reinit_resets_only_the_named_parameters():
 
 def test_run_file_accepts_older_workdirs_and_json_lists(tmp_path):
   import json as _json
-  from squeezebert.train import checkpoint as ckpt_lib
+  from squeezebert import workdir as ckpt_lib
   cfg = get_config("tiny", conv_layers=(1,))
   run = dict(task="sst2", model=cfg.to_dict(), head="classification", num_labels=2)
   ckpt_lib.write_run_file(str(tmp_path), run)

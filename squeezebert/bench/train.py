@@ -30,7 +30,9 @@ from squeezebert.bench.flops import train_flops, xla_cost
 from squeezebert.convert import config_to_hf
 from squeezebert.model import SqueezeBert, get_config, param_count
 from squeezebert.model.layers import resolve_attention_impl
-from squeezebert.train import optim, steps as steps_lib, tasks as tasks_lib, trainer
+from squeezebert import tasks as tasks_lib
+from squeezebert.train import optim, steps as steps_lib, trainer
+from squeezebert.train.mesh import Mesh
 
 HEADS = {"classification": "sst2", "pretraining": "pretrain"}
 
@@ -122,7 +124,7 @@ def train_step_call(config, seed: int = 0, init: str = "fast"):
   tx, lr = optim.make_tx(config, 10_000, 100)
   optimizer = optim.make_optimizer(model, tx)
   graphdef, state = nnx.split((model, optimizer))
-  mesh = trainer.Mesh()
+  mesh = Mesh()
   state = jax.device_put(state, mesh.replicated)
   step = steps_lib.make_train_step(graphdef, task, lr, config.grad_accum_steps,
                                    finite_check=config.finite_check)

@@ -8,7 +8,7 @@ import sys
 
 from absl import app, flags, logging
 
-from squeezebert import convert
+from squeezebert import convert, load
 
 flags.DEFINE_string("from", None, "source directory (HF checkpoint, ours, or a training workdir)")
 flags.DEFINE_string("to", None, "target directory")
@@ -25,7 +25,7 @@ def main(argv):
     sys.exit("convert: both --from and --to are required")
   is_hf_src = convert.is_hf_dir(src)
   target = FLAGS.format or ("ours" if is_hf_src else "hf")
-  model = convert.from_pretrained(src, head=FLAGS.head)
+  model = load.from_pretrained(src, head=FLAGS.head)
   if target == "hf":
     convert.export_hf(model, dst, vocab_file=FLAGS.vocab)
   else:

@@ -10,7 +10,7 @@ else the raw files if a directory is known).
 Tags: TFDS' `ner` ClassLabel names (LABEL_NAMES, IOB2). The local TFDS copy and the raw files
 in common circulation are IOB2; the original eng.train/testa/testb releases are IOB1. With
 tag_scheme='auto' a split whose entities start with I- is read as IOB1 and rewritten to IOB2
-(the same entities, see squeezebert.metrics_ner.iob1_to_iob2), so training labels always use
+(the same entities, see squeezebert.metrics.ner.iob1_to_iob2), so training labels always use
 B- for the first word of an entity.
 """
 
@@ -22,7 +22,7 @@ import os
 import numpy as np
 from absl import logging
 
-from squeezebert import metrics_ner
+from squeezebert.metrics import ner as metrics_ner
 
 TFDS_NAME = "conll2003"
 TFDS_DIR_ENV = "TFDS_DATA_DIR"

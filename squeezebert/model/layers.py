@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from squeezebert.model.config import ModelConfig, resolve_dtype
+from squeezebert.model.fake_quant import fake_quant
 
 
 def normal_init(std: float):
@@ -191,7 +192,6 @@ class Embeddings(nnx.Module):
                + embedding_rows(self.token_type_embeddings, type_ids_BxL))
     x_BxLxD = self.layer_norm(x_BxLxD.astype(jnp.float32))
     if self.output_quant_bits:
-      from squeezebert.quant.fake import fake_quant  # noqa: PLC0415 (quantization is optional)
       x_BxLxD = fake_quant(x_BxLxD, self.output_quant_bits, axes=(-1,))
     return self.dropout(x_BxLxD.astype(self.dtype), deterministic=deterministic, rngs=rngs)
 

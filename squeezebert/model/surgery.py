@@ -1,5 +1,6 @@
-"""Model surgery: a shallower copy of a deeper model (layer reduction) and re-initialising
-chosen parameters of a loaded model (`reinit`).
+"""Model surgery: a shallower copy of a deeper model (layer reduction), re-initialising
+chosen parameters of a loaded model (`reinit`), and the learned hidden-state projection a
+distillation student carries (`attach_projection`).
 
 DistilBERT initialises its 6-layer student from layers [0, 2, 4, 7, 9, 11] of BERT-base;
 `layer_indices("every_other", 12, 6)` returns exactly those (evenly spaced, first and last
@@ -8,9 +9,12 @@ kept); "first_k" keeps the bottom layers.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from squeezebert.model.model import SqueezeBert, build_model
+from squeezebert.model.params import flat_params, load_params_into
 
 INIT_LAYERS = ("first_k", "every_other")
 
@@ -39,7 +43,6 @@ def layer_indices(spec: str, n_src: int, n_dst: int) -> list[int]:
 def select_layers(model: SqueezeBert, indices: list[int], seed: int = 0) -> SqueezeBert:
   """A new model with `len(indices)` layers: layer j is a copy of `model`'s layer
   indices[j]; embeddings, pooler and head are copied unchanged."""
-  from squeezebert.convert import flat_params, load_params_into  # noqa: PLC0415 (cycle)
   cfg = model.config
   if cfg.share_layers:
     raise ValueError("select_layers: a model with shared layers has one block; change "
@@ -81,7 +84,6 @@ def reinit(model: SqueezeBert, fragments: tuple[str, ...], seed: int = 0) -> tup
   Zhang et al. 2021 ("Revisiting Few-sample BERT Fine-tuning") re-initialise the pooler and
   top layers this way. Returns (model, the re-initialised paths); a fragment matching no
   parameter raises, so a typo cannot silently keep the pretrained weights."""
-  from squeezebert.convert import flat_params, load_params_into  # noqa: PLC0415 (cycle)
   src = flat_params(model)
   hit = sorted(match_paths(src, fragments, "reinit_params", "'pooler', 'layers/3/'"))
   out = build_model(model.config, head=model.head, num_labels=model.num_labels, seed=seed)
@@ -89,3 +91,32 @@ def reinit(model: SqueezeBert, fragments: tuple[str, ...], seed: int = 0) -> tup
   load_params_into(out, {k: fresh[k] if k in hit else v for k, v in src.items()},
                    source="reinit", seed=seed)
   return out, hit
+
+
+PROJECTION_ATTR = "distill_projection"
+
+
+class HiddenProjection(nnx.Module):
+  """Student hidden states [..., Hs] -> the teacher's width [..., Ht] (one shared linear map)."""
+
+  def __init__(self, student_hidden: int, teacher_hidden: int, *, rngs: nnx.Rngs):
+    self.dense = nnx.Linear(student_hidden, teacher_hidden, rngs=rngs,
+                            kernel_init=nnx.initializers.lecun_normal())
+
+  def __call__(self, h):
+    return self.dense(h.astype(jnp.float32))
+
+
+def attach_projection(model, shape, seed: int = 0):
+  """Adds a trainable HiddenProjection of `shape` = (Hs, Ht) to `model` (in place): hidden-
+  state distillation to a teacher of another width. Workdirs record the shape (run.json)."""
+  hs, ht = (int(x) for x in shape)
+  if hs != model.config.hidden_size:
+    raise ValueError(f"distill projection of width {hs} does not fit a student of hidden size "
+                     f"{model.config.hidden_size}")
+  setattr(model, PROJECTION_ATTR, HiddenProjection(hs, ht, rngs=nnx.Rngs(params=seed + 7)))
+  return model
+
+
+def projection_of(model):
+  return getattr(model, PROJECTION_ATTR, None)

@@ -12,6 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from squeezebert.data import keep_tensorflow_off_accelerators  # noqa: E402
+from squeezebert.quant import cli  # noqa: E402
+
 flags.DEFINE_string("workdir", None, "training workdir (run.json + checkpoints)")
 flags.DEFINE_enum("mode", "int8", ["ptq", "int8"], "ptq: quantize afresh; int8: as trained")
 flags.DEFINE_string("out", None, "directory for the int8 model and quant_metrics.json")
@@ -31,9 +34,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
-  from squeezebert.quant import cli
+  keep_tensorflow_off_accelerators()
   names = ("weight_bits", "act_bits", "act_mode", "modules", "calib_batches")
   overrides = {n: getattr(FLAGS, n) for n in names if getattr(FLAGS, n) is not None}
   result = cli.run(FLAGS.workdir, FLAGS.mode, FLAGS.out, overrides, config=FLAGS.config,

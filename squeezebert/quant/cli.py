@@ -25,58 +25,29 @@ import time
 
 import jax
 from absl import logging
-from flax import nnx
 
+from squeezebert import load, tasks as tasks_lib
+from squeezebert import workdir as workdir_lib
+from squeezebert.convert import ours
+from squeezebert.data import batching
+from squeezebert.model.params import float_model
 from squeezebert.quant import core
 from squeezebert.quant.config import QuantConfig
+from squeezebert.train.evaluate import evaluate_model
 
 RESULT_FILE = "quant_metrics.json"
-
-
-class _NoOptimizer(nnx.Module):
-  """Stands in for the optimizer in the (model, optimizer) state the eval step expects."""
-
-
-def evaluate(model, task, config, encs=None) -> dict:
-  """Dev metrics of `model` (float, QAT or int8) through the trainer's eval step and loop."""
-  from squeezebert.train import steps as steps_lib  # noqa: PLC0415
-  from squeezebert.train import trainer  # noqa: PLC0415
-  mesh = trainer.Mesh()
-  graphdef, state = nnx.split((model, _NoOptimizer()))
-  state = jax.device_put(state, mesh.replicated)
-  eval_step = steps_lib.make_eval_step(graphdef, task)
-  encs = encs if encs is not None else {s: task.load(s) for s in task.eval_splits}
-  return trainer._eval_all(task, eval_step, state, mesh, encs, config)  # noqa: SLF001
 
 
 def load_workdir_model(workdir: str):
   """(model, QuantConfig or None) of a workdir's best (else latest) checkpoint: the float
   model, or for a QAT run its QAT model (with its activation ranges if static)."""
-  from squeezebert.model import ModelConfig, SqueezeBert  # noqa: PLC0415
-  from squeezebert.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  run = ckpt_lib.read_run_file(workdir)
-  if not run.get("quant"):
-    return ckpt_lib.load_model_from_workdir(workdir), None
-  qcfg = QuantConfig.from_dict(run["quant"])
-  model = SqueezeBert(ModelConfig(**run["model"]), head=run["head"],
-                      num_labels=run["num_labels"], rngs=nnx.Rngs(params=0))
-  model = core.quantize_for_training(model, qcfg)
-  ck = ckpt_lib.Checkpoints(workdir, best_metric=run.get("best_metric"),
-                            best_mode=run.get("best_mode", "max"), read_only=True)
-  try:
-    step = ck.best_step() or ck.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{workdir}: no checkpoint saved yet")
-    state, _, _ = ck.restore(step, nnx.state(model))
-  finally:
-    ck.close()
-  nnx.update(model, state)
-  return model, qcfg
+  run = workdir_lib.read_run_file(workdir)
+  qcfg = QuantConfig.from_dict(run["quant"]) if run.get("quant") else None
+  return load.load_workdir(workdir, as_trained=qcfg is not None), qcfg
 
 
 def calibration_batches(task, config):
   """Training batches in the trainer's order (seed, epoch 0)."""
-  from squeezebert.data import batching  # noqa: PLC0415
   enc = task.load(task.train_split)
   return batching.batches(enc, config.batch_size, shuffle=True, seed=config.seed, epoch=0,
                           bucket_boundaries=tuple(config.data.bucket_boundaries),
@@ -87,13 +58,10 @@ def run(workdir: str, mode: str, out_dir: str, overrides: dict | None = None, co
         eval_source: bool = True) -> dict:
   """Quantizes a workdir's model (see the module docstring); returns what it writes to
   out_dir/quant_metrics.json."""
-  from squeezebert.convert import save_pretrained  # noqa: PLC0415
-  from squeezebert.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  from squeezebert.train import tasks as tasks_lib  # noqa: PLC0415
   if mode not in ("ptq", "int8"):
     raise ValueError(f"--mode must be ptq or int8, got {mode!r}")
   overrides = dict(overrides or {})
-  config = config if config is not None else ckpt_lib.read_train_config(workdir)
+  config = config if config is not None else workdir_lib.read_train_config(workdir)
   t0 = time.time()
   source, run_q = load_workdir_model(workdir)
   if mode == "int8" and run_q is not None:
@@ -116,7 +84,7 @@ def run(workdir: str, mode: str, out_dir: str, overrides: dict | None = None, co
   reuse_ranges = (run_q is not None and rules(qcfg) == rules(run_q)
                   and core.has_quant_stats(source))
   if qcfg.static and not reuse_ranges:
-    float_params = _float_model(source)
+    float_params = float_model(source)
     convert_from = core.quantize_for_training(float_params, qcfg.replace(mode="qat"))
     calibrated = core.calibrate(convert_from, calibration_batches(task, config),
                                 qcfg.calib_batches)
@@ -127,35 +95,22 @@ def run(workdir: str, mode: str, out_dir: str, overrides: dict | None = None, co
   convert_s = time.time() - t0
 
   with tempfile.TemporaryDirectory() as tmp:
-    fp32_bytes = core.dir_bytes(save_pretrained(_float_model(source), tmp))
+    fp32_bytes = core.dir_bytes(ours.save_pretrained(float_model(source), tmp))
   int8_bytes = core.dir_bytes(out_dir)
   encs = {s: task.load(s) for s in task.eval_splits}
   result = dict(workdir=os.path.abspath(workdir), mode=mode, quant=qcfg.to_dict(),
                 tag=qcfg.tag, source_quant=run_q.to_dict() if run_q else None,
                 calibration_batches=calibrated, convert_s=convert_s,
-                int8=evaluate(int8, task, config, encs),
+                int8=evaluate_model(int8, task, config, encs),
                 fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
                 size_ratio=int8_bytes / fp32_bytes)
   if qcfg.act_bits == 16:
     result["note"] = ("16-bit activations are simulated in QAT only: the int8 model keeps "
                       "activations float (weight-only int8)")
   if eval_source:
-    result["source"] = evaluate(source, task, config, encs)
+    result["source"] = evaluate_model(source, task, config, encs)
     result["source_kind"] = f"qat-{run_q.tag}" if run_q else "float"
   result = jax.tree.map(lambda x: x.item() if hasattr(x, "item") else x, result)
   with open(os.path.join(out_dir, RESULT_FILE), "w") as f:
     json.dump(result, f, indent=2)
   return result
-
-
-def _float_model(model):
-  """A plain float model holding `model`'s parameters (itself if it already is one)."""
-  from squeezebert.convert import flat_params, load_params_into  # noqa: PLC0415
-  from squeezebert.model import SqueezeBert  # noqa: PLC0415
-  if type(model) is SqueezeBert:
-    return model
-  plain = nnx.eval_shape(lambda: SqueezeBert(model.config, head=model.head,
-                                              num_labels=model.num_labels,
-                                              rngs=nnx.Rngs(params=0)))
-  load_params_into(plain, flat_params(model))  # every parameter: nothing left abstract
-  return plain

@@ -22,12 +22,18 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+import qwix
 from absl import logging
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
+from qwix._src.core import dot_general, dot_general_qt, einsum, einsum_info, qarray
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from squeezebert.model import ModelConfig, SqueezeBert
+from squeezebert.model.params import CheckpointMismatchError, join_path
 from squeezebert.model.layers import GroupedProjection, set_grouped_layout
 from squeezebert.model.model import Encoder
 from squeezebert.quant import fake
@@ -37,11 +43,6 @@ INT8_CONFIG = "squeezebert_int8.json"
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
 _INT4_SUFFIX = "::int4"  # packed two-per-byte in the safetensors file
-
-
-def _qwix():
-  import qwix  # noqa: PLC0415 (imported when quantization is used)
-  return qwix
 
 
 def ordered_einsum(einsum_str, lhs, rhs, dot_general_fn=None, preferred_element_type=None):
@@ -55,7 +56,6 @@ def ordered_einsum(einsum_str, lhs, rhs, dot_general_fn=None, preferred_element_
   than fp32; in this order every dot is s8 x s8 -> s32 on XLA's fast GEMM and int8 runs about
   as fast as fp32). The model keeps `x, kernel` order: qwix's PtqProvider looks for the
   weight in the second operand."""
-  from qwix._src.core import dot_general, einsum, einsum_info, qarray  # noqa: PLC0415
   info = einsum_info.EinsumInfo.parse(einsum_str, ndims=(lhs.ndim, rhs.ndim))
   if preferred_element_type is None:
     _, preferred_element_type = qarray.get_accumulator_and_result_type(
@@ -66,7 +66,7 @@ def ordered_einsum(einsum_str, lhs, rhs, dot_general_fn=None, preferred_element_
 
 
 def _ptq_provider(rules):
-  return _qwix().PtqProvider(rules, _einsum_fn=ordered_einsum)
+  return qwix.PtqProvider(rules, _einsum_fn=ordered_einsum)
 
 
 def _qt_provider(rules):
@@ -78,8 +78,6 @@ def _qt_provider(rules):
 
 @functools.cache
 def _ordered_qt_provider_class():
-  qwix = _qwix()
-  from qwix._src.core import dot_general_qt  # noqa: PLC0415
 
   class OrderedQtProvider(qwix.QtProvider):
     def einsum(self, einsum_str, *operands, precision=None, preferred_element_type=None,
@@ -118,7 +116,6 @@ def dummy_inputs(head: str):
 def qat_rules(qcfg: QuantConfig, model_cfg: ModelConfig, head: str, oracle: bool = False):
   """qwix rules for QAT: QtRules (qwix numerics), or FakeQuantRules for 16-bit activations
   and for the oracle."""
-  qwix = _qwix()
   specs = rule_specs(qcfg, model_cfg, head)
   if oracle or qcfg.act_bits == 16:
     if qcfg.static:
@@ -135,7 +132,6 @@ def qat_rules(qcfg: QuantConfig, model_cfg: ModelConfig, head: str, oracle: bool
 def ptq_rules(qcfg: QuantConfig, model_cfg: ModelConfig, head: str):
   """qwix rules of the int8 model. 16-bit activations are simulated in QAT only: the int8
   model keeps them float (weight-only int8)."""
-  qwix = _qwix()
   act = jnp.int8 if qcfg.act_bits == 8 else None
   return [qwix.QuantizationRule(module_path=path, weight_qtype=_qtype(qcfg.weight_bits),
                                 act_qtype=act, act_static_scale=True if qcfg.static else None,
@@ -175,7 +171,6 @@ def einsum_layout(model):
 
 def _quantize(model, provider, head):
   """`model` must be in plain_compute settings (`einsum_layout`); so is the quantized copy."""
-  qwix = _qwix()
   out = qwix.quantize_model(model, provider, *dummy_inputs(head), deterministic=True)
   plain_compute(out)
   unused = provider.get_unused_rules()
@@ -209,14 +204,13 @@ def quantize_for_training(model: SqueezeBert, qcfg: QuantConfig, *, oracle: bool
 
 
 def has_quant_stats(model) -> bool:
-  return bool(jax.tree.leaves(nnx.state(model, _qwix().QuantStat)))
+  return bool(jax.tree.leaves(nnx.state(model, qwix.QuantStat)))
 
 
 def calibrate(qat_model, batches, num_batches: int) -> int:
   """Static activation ranges: runs up to `num_batches` batches (dicts with input_ids,
   attention_mask, token_type_ids) through a static-range QAT model, deterministic, updating
   its running averages. Returns the number of batches used."""
-  qwix = _qwix()
   if not has_quant_stats(qat_model):
     raise ValueError("calibrate() needs a QAT model with static ranges "
                      "(QuantConfig(act_mode='static'))")
@@ -292,10 +286,9 @@ def abstract_int8_model(cfg: ModelConfig, head: str, num_labels: int, qcfg: Quan
 
 def _fill(abstract_model, flat: dict, source: str):
   """Put '/'-joined arrays into an abstract model; every leaf must be given, none extra."""
-  from squeezebert.convert import CheckpointMismatchError  # noqa: PLC0415
   state = nnx.state(abstract_model)
   want = flatten_dict(nnx.to_pure_dict(state))
-  names = {_join(p): p for p in want}
+  names = {join_path(p): p for p in want}
   missing = sorted(set(names) - set(flat))
   unexpected = sorted(set(flat) - set(names))
   wrong = [f"{k}: {tuple(np.shape(flat[k]))} {np.asarray(flat[k]).dtype} -> needs "
@@ -313,14 +306,9 @@ def _fill(abstract_model, flat: dict, source: str):
   return abstract_model
 
 
-def _join(path) -> str:
-  return "/".join(str(p) for p in path)
-
-
 def to_int8(model, qcfg: QuantConfig):
   """The int8 model of a float or QAT model. With static ranges the model must carry them
   (a static QAT model, trained or calibrated); dynamic ranges need nothing more."""
-  qwix = _qwix()
   stats = nnx.to_pure_dict(nnx.state(model, qwix.QuantStat))
   if qcfg.static and not jax.tree.leaves(stats):
     raise ValueError("act_mode=static: the model has no activation ranges; quantize_for_training"
@@ -338,7 +326,7 @@ def to_int8(model, qcfg: QuantConfig):
       unflatten_dict(params)))
   if stats:
     qparams.update(flatten_dict(qwix.quantize_params({}, abstract, stats)))
-  flat = {_join(k): v for k, v in qparams.items()}
+  flat = {join_path(k): v for k, v in qparams.items()}
   for name, table in tables.items():
     qt = QuantizedTable.from_float(table)
     flat[f"transformer/embeddings/{name}/qvalue"] = qt.qvalue[...]
@@ -353,7 +341,7 @@ def is_int8_model(model) -> bool:
 
 def flat_state(model) -> dict[str, np.ndarray]:
   flat = flatten_dict(nnx.to_pure_dict(nnx.state(model)))
-  return {_join(k): np.asarray(v) for k, v in flat.items()}
+  return {join_path(k): np.asarray(v) for k, v in flat.items()}
 
 
 def _pack_int4(x: np.ndarray) -> np.ndarray:
@@ -367,13 +355,11 @@ def _unpack_int4(packed: np.ndarray, shape) -> np.ndarray:
   lo, hi = packed & 0x0F, packed >> 4
   v = np.stack([lo, hi], axis=1).reshape(-1)[: int(np.prod(shape))].astype(np.int8)
   v = np.where(v > 7, v - 16, v).astype(np.int8)
-  import ml_dtypes  # noqa: PLC0415
   return v.reshape(shape).astype(ml_dtypes.int4)
 
 
 def save_int8(model, out_dir: str, qcfg: QuantConfig, extra: dict | None = None) -> str:
   """squeezebert_int8.json + model.safetensors (int4 values packed two per byte)."""
-  from safetensors.numpy import save_file  # noqa: PLC0415
   if not is_int8_model(model):
     raise ValueError("save_int8 needs an int8 model (to_int8 / load_int8)")
   os.makedirs(out_dir, exist_ok=True)
@@ -401,8 +387,6 @@ def read_int8_meta(path: str) -> dict:
 
 def load_int8(path: str, head: str | None = None, num_labels: int | None = None):
   """The int8 model saved by `save_int8` (called like the float model)."""
-  from safetensors import safe_open  # noqa: PLC0415
-  from safetensors.numpy import load_file  # noqa: PLC0415
   meta = read_int8_meta(path)
   if meta.get("version") != FORMAT_VERSION:
     raise ValueError(f"{path}: int8 format version {meta.get('version')!r}, this code reads "

@@ -14,7 +14,8 @@ one step above depending on that bit (+absmax saturates to 2^(b-1) - 1 either wa
 computations that differ by one ulp upstream can therefore land one step apart; with a
 tie-free bound this oracle and qwix agree to float rounding (tests/test_quant.py).
 
-This module imports only jax at import time (the model's Embeddings use `fake_quant`).
+The quantize / fake_quant functions live with the model (squeezebert.model.fake_quant: the
+Embeddings use them); this module turns them into a qwix provider.
 """
 
 from __future__ import annotations
@@ -25,46 +26,15 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import qwix
+from qwix._src.utils import flax_util  # pinned qwix: find_param
 
-
-def bound(bits: int) -> float:
-  """The symmetric bound: the largest |x / scale| (qmax + 1/2, as qwix)."""
-  return 2.0 ** (bits - 1) - 0.5
-
-
-def quantize(x: jax.Array, bits: int, axes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
-  """(q, scale): integer values (in x's float dtype) and scales reduced over `axes` (kept as
-  size-1 dims); per-channel along every other axis."""
-  axes = tuple(a % x.ndim for a in axes)
-  absmax = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-  scale = absmax / bound(bits)
-  scale = jnp.where(scale < jnp.sqrt(jnp.finfo(scale.dtype).tiny), jnp.ones_like(scale), scale)
-  lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-  return jnp.clip(jnp.round(x / scale), lo, hi), scale
-
-
-def fake_quant(x: jax.Array, bits: int, axes: Sequence[int]) -> jax.Array:
-  """Quantize-dequantize `x` to `bits` bits with scales reduced over `axes`; straight-through
-  gradient (d out / d x = 1)."""
-  if not bits:
-    return x
-  q, scale = quantize(x, bits, axes)
-  deq = (q * scale).astype(x.dtype)
-  return x + jax.lax.stop_gradient(deq - x)
+from squeezebert.model.fake_quant import bound, fake_quant, quantize  # noqa: F401 (re-export)
 
 
 # ------------------------------------------------------------------ as a qwix provider
-# Imported lazily: qwix is only needed when a model is quantized.
-def _qwix():
-  import qwix  # noqa: PLC0415
-  from qwix._src.utils import flax_util  # noqa: PLC0415 (pinned qwix: find_param)
-  return qwix, flax_util
-
-
 @functools.cache
 def _rule_class():
-  qwix, _ = _qwix()
-
   @dataclasses.dataclass(frozen=True, kw_only=True)
   class FakeQuantRule(qwix.QuantizationRule):
     weight_bits: int = 8
@@ -89,8 +59,6 @@ def provider(rules):
 
 @functools.cache
 def _provider_class():
-  qwix, flax_util = _qwix()
-
   class FakeQuantProvider(qwix.QuantizationProvider):
     def _operand(self, rule, x, contracting):
       bits = rule.weight_bits if flax_util.find_param(x) is not None else rule.act_bits

@@ -1,7 +1,7 @@
 """Robustness of a trained GLUE classifier: dev accuracy under text noise and a HotFlip attack.
 
 Everything goes through the trainer's own pieces: the run's saved config and tokenizer, the
-GLUE loader, `encode_examples`, and the eval step (squeezebert.quant.cli.evaluate), so the
+GLUE loader, `encode_examples`, and the eval loop (squeezebert.train.evaluate), so the
 clean figure equals the run's own dev metric.
 """
 
@@ -13,8 +13,13 @@ import time
 
 from absl import logging
 
+from squeezebert import load, tasks as tasks_lib
+from squeezebert import workdir as workdir_lib
+from squeezebert.data import batching, glue
+from squeezebert.quant.core import is_int8_model
 from squeezebert.robustness import attack as attack_lib
 from squeezebert.robustness import noise as noise_lib
+from squeezebert.train.evaluate import evaluate_model
 
 ATTACKS = tuple(noise_lib.NOISES) + ("hotflip",)
 DEFAULT_RATES = (0.05, 0.1, 0.2)
@@ -33,26 +38,20 @@ def run(workdir: str, attacks=ATTACKS, rates=DEFAULT_RATES, seed: int = 0, budge
         limit: int = 0, model_dir: str | None = None, split: str | None = None) -> dict:
   """Evaluates the best checkpoint of `workdir` (or `model_dir`, e.g. its int8 model: the
   attack then transfers gradients from the workdir's float model)."""
-  from squeezebert import convert  # noqa: PLC0415
-  from squeezebert.data import batching, glue  # noqa: PLC0415
-  from squeezebert.quant import cli as quant_cli  # noqa: PLC0415
-  from squeezebert.quant import is_int8_model  # noqa: PLC0415
-  from squeezebert.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  from squeezebert.train import tasks as tasks_lib  # noqa: PLC0415
   bad = sorted(set(attacks) - set(ATTACKS))
   if bad:
     raise ValueError(f"unknown attack(s) {bad}; known: {list(ATTACKS)}")
   for r in rates:
     if not 0.0 < r <= 1.0:
       raise ValueError(f"noise rates must be in (0, 1], got {r}")
-  config = ckpt_lib.read_train_config(workdir)
+  config = workdir_lib.read_train_config(workdir)
   task = tasks_lib.get_task(config)
   if not isinstance(task, tasks_lib.GlueTask) or task.head != "classification":
     raise ValueError(f"robustness evaluation needs a GLUE classification run; {workdir} is "
                      f"task {task.name} ({task.head})")
   split = split or task.eval_splits[0]
-  float_model = ckpt_lib.load_model_from_workdir(workdir)
-  model = convert.from_pretrained(model_dir) if model_dir else float_model
+  float_model = load.load_workdir(workdir)
+  model = load.from_pretrained(model_dir) if model_dir else float_model
   d = config.data
   ex = glue.load_examples(task.spec, split, data_dir=d.tfds_data_dir or None, source=d.source,
                           tsv_dir=d.tsv_dir or None)
@@ -62,7 +61,7 @@ def run(workdir: str, attacks=ATTACKS, rates=DEFAULT_RATES, seed: int = 0, budge
   def accuracy(examples) -> float:
     enc = batching.encode_examples(task.spec, examples, task.tokenizer, d.max_len,
                                    allow_empty=True)
-    m = quant_cli.evaluate(model, task, config, {split: enc})
+    m = evaluate_model(model, task, config, {split: enc})
     return float(m["accuracy"])
 
   t0 = time.time()

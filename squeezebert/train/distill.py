@@ -14,7 +14,7 @@ With alpha = 0 and hidden_weight > 0 (hidden states only) the teacher may have a
 plain HF encoder such as MiniLM as the teacher of MLM pretraining; for MLM tasks it then reads
 the unmasked text (the student learns the teacher's clean representations from masked input).
 
-The teacher is any checkpoint `convert.from_pretrained` reads (HF dir such as the MiniLM one,
+The teacher is any checkpoint `load.from_pretrained` reads (HF dir such as the MiniLM one,
 our model dir, a training workdir) with the student's head and label count. Its state is an
 argument of the jitted step, so it is neither a compile-time constant nor differentiated.
 """
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
-from squeezebert import convert
+from squeezebert import load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,34 +111,6 @@ def _weighted_mean(x, w):
   return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-PROJECTION_ATTR = "distill_projection"
-
-
-class HiddenProjection(nnx.Module):
-  """Student hidden states [..., Hs] -> the teacher's width [..., Ht] (one shared linear map)."""
-
-  def __init__(self, student_hidden: int, teacher_hidden: int, *, rngs: nnx.Rngs):
-    self.dense = nnx.Linear(student_hidden, teacher_hidden, rngs=rngs,
-                            kernel_init=nnx.initializers.lecun_normal())
-
-  def __call__(self, h):
-    return self.dense(h.astype(jnp.float32))
-
-
-def attach_projection(model, shape, seed: int = 0):
-  """Adds a trainable HiddenProjection of `shape` = (Hs, Ht) to `model` (in place)."""
-  hs, ht = (int(x) for x in shape)
-  if hs != model.config.hidden_size:
-    raise ValueError(f"distill projection of width {hs} does not fit a student of hidden size "
-                     f"{model.config.hidden_size}")
-  setattr(model, PROJECTION_ATTR, HiddenProjection(hs, ht, rngs=nnx.Rngs(params=seed + 7)))
-  return model
-
-
-def projection_of(model):
-  return getattr(model, PROJECTION_ATTR, None)
-
-
 def logit_term(cfg: DistillConfig, head: str, student_out, teacher_out, batch):
   """The teacher's output term: T^2 KL for class / choice / masked-token logits, MSE for
   regression."""
@@ -196,7 +168,7 @@ class Teacher:
 
   def __init__(self, path: str, head: str, num_labels: int, student_cfg, dtype: str,
                cfg: DistillConfig):
-    model = convert.from_pretrained(path, dtype=dtype)  # the teacher's own head
+    model = load.from_pretrained(path, dtype=dtype)  # the teacher's own head
     self.hidden_only = cfg.hidden_only
     if self.hidden_only:
       pass  # any head: only its hidden states are used

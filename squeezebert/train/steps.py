@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from squeezebert.train.tasks import MODEL_INPUTS
+from squeezebert.model import surgery
+from squeezebert.tasks import MODEL_INPUTS
+from squeezebert.train import distill
 
 
 def _prepare(task, batch, rng, train: bool):
@@ -41,8 +43,6 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
     raise ValueError(f"finite_check must be one of {FINITE_CHECKS}, got {finite_check!r}")
   hidden = teacher is not None and distill_cfg.hidden_weight > 0
   augment = teacher is not None and distill_cfg.augment_prob > 0
-  if teacher is not None:
-    from squeezebert.train import distill  # noqa: PLC0415 (keeps steps import-light)
 
   def loss_fn(model, batch, rng, teacher_state):
     # Only tasks that draw in-step randomness split the key (GLUE dropout streams unchanged).
@@ -67,7 +67,7 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
         t_batch = dict(batch, input_ids=batch["unmasked_input_ids"])
       t_out = teacher(teacher_state, tuple(t_batch[k] for k in MODEL_INPUTS), kwargs, hidden)
       terms = distill.distill_terms(distill_cfg, task.head, kd_out, t_out, kd_batch,
-                                    projection=distill.projection_of(model))
+                                    projection=surgery.projection_of(model))
       aux = dict(aux, task_loss=loss, **terms)
       loss = distill.combine(distill_cfg, loss, terms)
     return loss, aux

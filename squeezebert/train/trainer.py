@@ -17,15 +17,13 @@ import jax
 import numpy as np
 from absl import logging
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from squeezebert import configlib as common
-from squeezebert import convert
+from squeezebert import tasks as tasks_lib
+from squeezebert import workdir as workdir_lib
 from squeezebert.data import batching
-from squeezebert.model import ModelConfig, SqueezeBert, get_config, surgery
-from squeezebert.train import checkpoint as ckpt_lib
-from squeezebert.train import optim, steps as steps_lib, tasks as tasks_lib
+from squeezebert.train import evaluate, optim, setup as setup_lib, steps as steps_lib
 from squeezebert.train.logger import MetricLogger, Progress
+from squeezebert.train.mesh import Mesh
 
 FINAL_FILE = "final_metrics.json"
 # config.rng_impl: the PRNG of dropout and in-step masking (jax.random.key(seed, impl=...)).
@@ -75,7 +73,7 @@ def validate(config):
       raise ValueError("config.distill.embedding_init starts a from-scratch student; it cannot "
                        "combine with config.init_from (that model brings its own embeddings)")
   if config.distill.teacher:
-    _distill_config(config)  # raises on bad values
+    setup_lib.distill_config(config)  # raises on bad values
     if not os.path.isdir(config.distill.teacher):
       raise FileNotFoundError(f"config.distill.teacher={config.distill.teacher!r} is not a "
                               "directory (an HF dir, one of our model dirs or a workdir)")
@@ -86,7 +84,7 @@ def validate(config):
                      f"{config.finite_check!r}")
   if config.data.source not in ("auto", "tfds", "tsv"):
     raise ValueError(f"config.data.source must be auto|tfds|tsv, got {config.data.source!r}")
-  qcfg = quant_config(config)  # raises on bad values
+  qcfg = setup_lib.quant_config(config)  # raises on bad values
   if qcfg.mode not in ("none", "qat"):
     raise ValueError(f"config.quant.mode must be none|qat in the trainer, got {qcfg.mode!r}; "
                      "post-training quantization: python -m squeezebert.quant --workdir RUN "
@@ -95,98 +93,6 @@ def validate(config):
     raise ValueError("config.quant.act_mode=static updates its activation ranges in the "
                      "forward pass, which gradient accumulation (grad_accum_steps > 1) drops; "
                      "use act_mode=dynamic or grad_accum_steps=1")
-
-
-def quant_config(config):
-  """config.quant as a validated squeezebert.quant.QuantConfig (mode none if absent)."""
-  from squeezebert.quant.config import QuantConfig  # noqa: PLC0415
-  return QuantConfig.from_dict(config.quant) if "quant" in config else QuantConfig()
-
-
-def inherited_dropout_note(model_cfg, overrides: dict) -> str | None:
-  """A warning when a model loaded through init_from keeps a non-default dropout from its
-  checkpoint (e.g. 0.0 from a pretraining run) that this run's config does not set."""
-  default = ModelConfig()
-  kept = [f"{k}={getattr(model_cfg, k)} (default {getattr(default, k)})"
-          for k in common.MODEL_FLOAT_FIELDS
-          if k not in overrides and getattr(model_cfg, k) != getattr(default, k)]
-  if not kept:
-    return None
-  return (f"init_from model keeps {', '.join(kept)} from its checkpoint; set "
-          "--config.model.<name> to change it")
-
-
-def build_model(config, task) -> SqueezeBert:
-  """The float model; with config.quant.mode=qat its QAT version (same parameters)."""
-  overrides = dict(common.model_overrides(config.model), dtype=config.dtype)
-  init_layers = config.get("init_layers", "")
-  reinit = optim.path_fragments(config, "reinit_params")
-  if config.init_from:
-    logging.info("initialising from %s", config.init_from)
-    n_layers = overrides.pop("num_hidden_layers", None) if init_layers else None
-    model = convert.from_pretrained(config.init_from, head=task.head,
-                                    num_labels=task.num_labels, seed=config.seed, **overrides)
-    note = inherited_dropout_note(model.config, overrides)
-    if note:
-      logging.warning("%s", note)
-    if init_layers:  # layer reduction: a shallower copy (DistilBERT: every other layer)
-      n_src = model.config.num_hidden_layers
-      idx = surgery.layer_indices(init_layers, n_src, n_layers or n_src)
-      logging.info("init_layers=%s: layers %s of %d", init_layers, idx, n_src)
-      model = surgery.select_layers(model, idx, seed=config.seed)
-    if reinit:  # e.g. the pooler / top layers of a pretrained model (Zhang et al. 2021)
-      model, hit = surgery.reinit(model, reinit, seed=config.seed)
-      logging.info("re-initialised %d parameters matching %s", len(hit), ", ".join(reinit))
-  else:
-    cfg = get_config(config.model.variant, **overrides)
-    model = SqueezeBert(cfg, head=task.head, num_labels=task.num_labels,
-                        rngs=nnx.Rngs(params=config.seed))
-  qcfg = quant_config(config)
-  if qcfg.mode == "qat":
-    from squeezebert import quant  # noqa: PLC0415
-    logging.info("quantization-aware training: %s", qcfg.describe())
-    model = quant.quantize_for_training(model, qcfg)
-  return model
-
-
-class Mesh:
-  """Data parallel over `devices` (default: every device): batch sharded on 'data', state
-  replicated."""
-
-  def __init__(self, devices=None):
-    devices = jax.devices() if devices is None else list(devices)
-    self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
-                              axis_types=(jax.sharding.AxisType.Auto,))
-    self.replicated = NamedSharding(self.mesh, P())
-    self.data = NamedSharding(self.mesh, P("data"))
-
-  def put_batch(self, batch: dict) -> dict:
-    local = batching.shard_batch_for_process(batch, jax.process_index(), jax.process_count())
-    return {k: jax.make_array_from_process_local_data(self.data, v) for k, v in local.items()}
-
-  def fetch(self, tree):
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      tree = multihost_utils.process_allgather(tree, tiled=True)
-    return jax.tree.map(np.asarray, tree)
-
-
-def evaluate(task, eval_step, state, mesh, enc, batch_size, bucket_boundaries) -> dict:
-  collected = []
-  for batch in batching.batches(enc, batch_size, shuffle=False, drop_remainder=False,
-                                bucket_boundaries=bucket_boundaries):
-    collected.append(mesh.fetch(eval_step(state, mesh.put_batch(batch))))
-  return {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
-
-
-def _eval_all(task, eval_step, state, mesh, encs, config) -> dict:
-  out = {}
-  for split, enc in encs.items():
-    c = evaluate(task, eval_step, state, mesh, enc, config.batch_size,
-                 tuple(config.data.bucket_boundaries))
-    prefix = "" if len(encs) == 1 else f"{split}/"
-    out.update({prefix + k: v for k, v in task.metrics(c).items()})
-  return out
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -199,7 +105,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ValueError(f"task {task.name} has no training split; use mode=predict")
   os.makedirs(workdir, exist_ok=True)
 
-  model = build_model(config, task)
+  saved = (workdir_lib.read_run_file(workdir)
+           if os.path.exists(os.path.join(workdir, workdir_lib.RUN_FILE)) else {})
+  # eval/predict of a run that trained a projection: its checkpoints hold it
+  setup = setup_lib.setup_run(config, task, saved_projection=saved.get("distill_projection"))
+  model = setup.model
   vocab = task.tokenizer.get_vocab_size()
   if vocab > model.config.vocab_size:
     raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is "
@@ -207,62 +117,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   run = dict(task=task.name, model=model.config.replace(dtype="float32").architecture_dict(),
              head=task.head, num_labels=task.num_labels, best_metric=task.main_metric,
              best_mode=task.metric_mode)
-  qcfg = quant_config(config)
+  qcfg = setup_lib.quant_config(config)
   if qcfg.enabled:  # absent for float runs (older workdirs have no such key either)
     run["quant"] = {k: v for k, v in qcfg.to_dict().items() if k != "calib_batches"}
-  teacher = None
-  if config.mode == "train" and config.distill.teacher:
-    teacher = _load_teacher(config, task, model)
-    if config.distill.get("embedding_init"):  # a scratch student (validate forbids init_from)
-      from squeezebert import embed_init  # noqa: PLC0415
-      table, covered = embed_init.teacher_table(
-          model.config, teacher.model.transformer.embeddings.word_embeddings[...])
-      embed_init.set_word_embeddings(model, table, covered)
-      logging.info("word embeddings: %s's table projected to width %d (%d rows)",
-                   teacher.path, model.config.embedding_size, int(covered.sum()))
-    projection = teacher.projection_shape
-  else:  # eval/predict of a run that trained a projection: its checkpoints hold it
-    old = (ckpt_lib.read_run_file(workdir)
-           if os.path.exists(os.path.join(workdir, ckpt_lib.RUN_FILE)) else {})
-    projection = old.get("distill_projection")
-  if projection:
-    from squeezebert.train import distill  # noqa: PLC0415
-    distill.attach_projection(model, projection, seed=config.seed)
-    run["distill_projection"] = list(projection)
-    logging.info("hidden-state transfer through a learned projection %s", tuple(projection))
-  fragments = optim.frozen_fragments(config)
-  if fragments and config.mode == "train":  # a fragment naming nothing fails before any data
-    optim.frozen_labels(fragments)(nnx.state(model, nnx.Param))
-    logging.info("frozen parameters (no updates): %s", ", ".join(fragments))
-  ckpt_lib.write_run_file(workdir, run)
-  ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
-                               best_metric=task.main_metric, best_mode=task.metric_mode)
-  mesh = Mesh()
+  if setup.projection:
+    run["distill_projection"] = list(setup.projection)
+  workdir_lib.write_run_file(workdir, run)
+  ckpts = workdir_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
+                                  best_metric=task.main_metric, best_mode=task.metric_mode)
   try:
     if config.mode != "train":
-      return _eval_or_predict(config, workdir, task, model, ckpts, mesh)
-    return _train(config, workdir, task, model, ckpts, mesh, teacher)
+      return _eval_or_predict(config, workdir, task, model, ckpts)
+    return _train(config, workdir, task, model, ckpts, Mesh(), setup.teacher)
   finally:
     ckpts.close()
-
-
-def _distill_config(config):
-  from squeezebert.train import distill  # noqa: PLC0415
-  return distill.DistillConfig(alpha=config.distill.alpha,
-                               temperature=config.distill.temperature,
-                               hidden_weight=config.distill.hidden_weight,
-                               augment_prob=config.distill.get("augment_prob", 0.0),
-                               augment_copies=config.distill.get("augment_copies", 1))
-
-
-def _load_teacher(config, task, model):
-  from squeezebert.train import distill  # noqa: PLC0415
-  dcfg = _distill_config(config)
-  if dcfg.augment_prob > 0 and task.head not in ("classification", "regression"):
-    raise ValueError(f"config.distill.augment_prob is for sentence-level tasks (GLUE); task "
-                     f"{config.task!r} has head {task.head!r}")
-  return distill.Teacher(config.distill.teacher, task.head, task.num_labels, model.config,
-                         config.dtype, dcfg)
 
 
 def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
@@ -298,11 +166,11 @@ def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
     with open(final_path) as f:
       return json.load(f)
   # The config of the run that trains this workdir (eval/predict and finished reruns keep it).
-  ckpt_lib.write_train_config(workdir, config)
+  workdir_lib.write_train_config(workdir, config)
 
   teacher_state, dcfg = None, None
   if teacher is not None:
-    dcfg = _distill_config(config)
+    dcfg = setup_lib.distill_config(config)
     teacher_state = jax.device_put(teacher.state, mesh.replicated)
   train_step = steps_lib.make_train_step(graphdef, task, lr, config.grad_accum_steps,
                                          teacher=teacher, distill_cfg=dcfg,
@@ -359,7 +227,7 @@ def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
           consume(*pending)
           pending = None
         if do_eval:
-          eval_metrics = _eval_all(task, eval_step, state, mesh, eval_encs, config)
+          eval_metrics = evaluate.eval_splits(task, eval_step, state, mesh, eval_encs, config)
           logger.write("eval", step, eval_metrics)
           logging.info("step %d eval: %s", step, eval_metrics)
         if do_ckpt:
@@ -378,7 +246,7 @@ def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
     progress.close()
     logger.close()
   if not eval_metrics:  # resumed from the final checkpoint of a run killed before it finished
-    eval_metrics = _eval_all(task, eval_step, state, mesh, eval_encs, config)
+    eval_metrics = evaluate.eval_splits(task, eval_step, state, mesh, eval_encs, config)
   best = ckpts.best_step()
   final = dict(eval_metrics, step=step, best_step=best)
   if jax.process_index() == 0:
@@ -408,31 +276,19 @@ def _with_parts(state, model_state, opt_state):
   return state
 
 
-def _eval_or_predict(config, workdir, task, model, ckpts, mesh) -> dict:
+def _eval_or_predict(config, workdir, task, model, ckpts) -> dict:
   """mode=eval: dev metrics of the best (else latest) checkpoint; mode=predict: also write
   GLUE submission files for the test splits into <workdir>/predictions/."""
   step = ckpts.best_step() or ckpts.latest_step()
-  optimizer = optim.make_optimizer(model, optim.make_tx(config, 1, 0)[0])
-  graphdef, state = nnx.split((model, optimizer))
   if step is not None:
-    model_state, _, _ = ckpts.restore(step, state[0])
-    state = _with_parts(state, model_state, state[1])
+    model_state, _, _ = ckpts.restore(step, nnx.state(model))
+    nnx.update(model, model_state)
   elif not config.init_from:
     raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate and no config.init_from")
-  state = jax.device_put(state, mesh.replicated)
-  eval_step = steps_lib.make_eval_step(graphdef, task)
-  result = _eval_all(task, eval_step, state, mesh, {s: task.load(s) for s in task.eval_splits},
-                     config)
+  result = evaluate.evaluate_model(model, task, config)
   result["step"] = step
   if config.mode == "predict":
-    out_dir = os.path.join(workdir, "predictions")
-    for split in task.test_splits:
-      c = evaluate(task, eval_step, state, mesh, task.load(split), config.batch_size,
-                   tuple(config.data.bucket_boundaries))
-      result[f"{split}_file"] = task.write_predictions(c, split, out_dir)
-    if config.data.eval_limit:
-      logging.warning("config.data.eval_limit=%d: the submission files hold only the first %d "
-                      "test examples (a smoke run, not a valid submission)",
-                      config.data.eval_limit, config.data.eval_limit)
+    result.update(evaluate.predict_test_splits(task, model, config,
+                                               os.path.join(workdir, "predictions")))
   logging.info("%s: %s", config.mode, result)
   return result

@@ -1,4 +1,4 @@
-"""orbax checkpoints of a training workdir: model state, optimizer state and run metadata.
+"""A training workdir: orbax checkpoints of model and optimizer state, and the run files.
 
 Layout: <workdir>/run.json (model config, head, labels: what the workdir holds) and
 <workdir>/checkpoints/<step>/{model, optimizer, meta}. Saves are atomic (orbax writes a
@@ -12,9 +12,11 @@ import json
 import os
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
-from flax import nnx
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from squeezebert.model import ModelConfig
 
 RUN_FILE = "run.json"
 TRAIN_CONFIG = "train_config.json"
@@ -37,7 +39,6 @@ def write_run_file(workdir: str, run: dict) -> None:
     if "model" in old and "model" in run:
       # Compare as ModelConfig: fields added since the workdir was written take their
       # defaults, and JSON lists equal tuples.
-      from squeezebert.model import ModelConfig  # noqa: PLC0415
       old["model"] = ModelConfig(**old["model"]).architecture_dict()
       run = dict(run, model=ModelConfig(**run["model"]).architecture_dict())
     keys = ("model", "head", "num_labels", "task", "quant", "distill_projection")
@@ -71,7 +72,6 @@ def write_train_config(workdir: str, config) -> None:
 
 
 def read_train_config(workdir: str):
-  import ml_collections  # noqa: PLC0415
   path = os.path.join(workdir, TRAIN_CONFIG)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found (workdirs written before it existed): pass the "
@@ -131,42 +131,3 @@ class Checkpoints:
 
   def close(self):
     self.mngr.close()
-
-
-def load_model_from_workdir(workdir: str, head: str | None = None,
-                            num_labels: int | None = None, seed: int = 0, step: int | None = None,
-                            **config_overrides):
-  """The model of a training workdir, at its best checkpoint (else the latest)."""
-  from squeezebert.convert import flat_params, load_params_into
-  from squeezebert.model import ModelConfig, SqueezeBert
-
-  run = read_run_file(workdir)
-  ck = Checkpoints(workdir, best_metric=run.get("best_metric"),
-                   best_mode=run.get("best_mode", "max"), read_only=True)
-  step = step if step is not None else (ck.best_step() or ck.latest_step())
-  if step is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint saved yet")
-  cfg = ModelConfig(**{**run["model"], **config_overrides})
-  saved = SqueezeBert(cfg, head=run["head"], num_labels=run["num_labels"],
-                      rngs=nnx.Rngs(params=seed))
-  if run.get("quant"):  # a QAT run: its checkpoints may hold activation ranges too
-    from squeezebert import quant  # noqa: PLC0415
-    saved = quant.quantize_for_training(saved, quant.QuantConfig.from_dict(run["quant"]))
-  if run.get("distill_projection"):  # trained with a hidden-state projection: drop it below
-    from squeezebert.train import distill  # noqa: PLC0415
-    distill.attach_projection(saved, run["distill_projection"], seed=seed)
-  model_state, _, _ = ck.restore(step, nnx.state(saved))
-  nnx.update(saved, model_state)
-  if run.get("quant") or run.get("distill_projection"):
-    # The plain float model with the run's parameters (no QAT wrappers, no projection).
-    model = SqueezeBert(cfg, head=run["head"], num_labels=run["num_labels"],
-                        rngs=nnx.Rngs(params=seed))
-    load_params_into(model, flat_params(saved), source=workdir)
-    saved = model
-  if (head or run["head"]) == run["head"] and (num_labels or run["num_labels"]) == run["num_labels"]:
-    return saved
-  # A different head: copy the encoder, leave the new head fresh.
-  model = SqueezeBert(cfg, head=head or run["head"], num_labels=num_labels or run["num_labels"],
-                      rngs=nnx.Rngs(params=seed))
-  load_params_into(model, flat_params(saved), source=workdir)
-  return model

@@ -15,10 +15,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from squeezebert import metrics_ner
+from squeezebert.metrics import ner as metrics_ner
 from squeezebert.data import batching, conll
 from squeezebert.data import tokenizer as tokenization
-from squeezebert.train.task_common import lookup_split, split_base
+from squeezebert.tasks.common import lookup_split, split_base
 
 class NerTask:
   head = "token"

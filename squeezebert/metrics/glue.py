@@ -1,4 +1,4 @@
-"""GLUE metrics (sklearn/scipy) and the GLUE benchmark submission writer.
+"""GLUE metrics (sklearn/scipy): the official metric of each task by name.
 
 Every metric takes an optional per-example `weights` mask: rows with weight 0 (batch padding)
 are dropped; the remaining rows count equally.
@@ -6,13 +6,11 @@ are dropped; the remaining rows count equally.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import scipy.stats
 import sklearn.metrics
 
-from squeezebert.data.glue import TaskSpec, get_task
 
 
 def _masked(preds, labels, weights):
@@ -64,57 +62,20 @@ METRICS = {"accuracy": accuracy, "f1": f1, "matthews_corrcoef": matthews_corrcoe
            "pearson": pearson, "spearman": spearman}
 
 
-def to_predictions(spec: TaskSpec, outputs) -> np.ndarray:
+def to_predictions(outputs, regression: bool) -> np.ndarray:
   """Model outputs -> predictions: argmax of [N, C] logits, squeeze of [N, 1] regression."""
   out = np.asarray(outputs)
-  if spec.is_regression:
+  if regression:
     return out.reshape(len(out)).astype(np.float32)
   return out.argmax(-1) if out.ndim == 2 else out.astype(np.int64)
 
 
-def glue_metrics(task_name: str, predictions, labels, weights=None) -> dict[str, float]:
-  """The task's official metrics plus 'combined' (their mean, the GLUE task score).
-
-  predictions: class ids or [N, C] logits (classification), scores or [N, 1] (STS-B).
-  """
-  spec = get_task(task_name)
-  preds = to_predictions(spec, predictions)
+def compute(metric_names, predictions, labels, weights=None, regression: bool = False
+            ) -> dict[str, float]:
+  """The named metrics (keys of METRICS) plus 'combined' (their mean, the GLUE task score).
+  predictions: class ids or [N, C] logits (classification), scores or [N, 1] (regression)."""
+  preds = to_predictions(predictions, regression)
   labels = np.asarray(labels).reshape(len(preds))
-  out = {name: METRICS[name](preds, labels, weights) for name in spec.metrics}
+  out = {name: METRICS[name](preds, labels, weights) for name in metric_names}
   out["combined"] = float(np.mean(list(out.values())))
   return out
-
-
-def write_glue_submission(task_name: str, idx, predictions, out_dir: str,
-                          split: str | None = None) -> str:
-  """Writes the GLUE server's <TASK>.tsv (`index<TAB>prediction`, sorted by index); returns path.
-
-  Predictions are label names for NLI tasks (MNLI, QNLI, RTE, AX), 0/1 for CoLA, SST-2, MRPC,
-  QQP and WNLI, and scores with 3 decimals clipped to [0, 5] for STS-B. `split` picks the
-  file for tasks with several test splits (MNLI: test_matched / test_mismatched).
-  """
-  spec = get_task(task_name)
-  if split is None:
-    if len(spec.test_splits) != 1:
-      raise ValueError(f"{spec.name} has several test splits; pass split=, one of "
-                       f"{spec.test_splits}")
-    split = spec.test_splits[0]
-  preds = to_predictions(spec, predictions)
-  idx = np.asarray(idx).reshape(-1)
-  if len(idx) != len(preds):
-    raise ValueError(f"{len(idx)} indices but {len(preds)} predictions")
-  if len(np.unique(idx)) != len(idx):
-    raise ValueError("duplicate indices: was batch padding (idx -1) filtered out?")
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, spec.submission_file(split))
-  with open(path, "w") as f:
-    f.write("index\tprediction\n")
-    for i in np.argsort(idx, kind="stable"):
-      if spec.is_regression:
-        value = f"{float(np.clip(preds[i], 0.0, 5.0)):.3f}"
-      elif spec.submit_label_names:
-        value = spec.label_names[int(preds[i])]
-      else:
-        value = str(int(preds[i]))
-      f.write(f"{int(idx[i])}\t{value}\n")
-  return path

@@ -15,9 +15,9 @@ Either way the rows are L2-normalised and scaled to the norm the default initial
 barely covers keep their random init. The result is one of our model directories; use it as
 `--config.init_from` for pretraining or fine-tuning.
 
-  python -m squeezebert.embed_init --method=ppmi --variant=squeezebert-small \
+  python -m squeezebert.train.embed_init --method=ppmi --variant=squeezebert-small \
       --packed=W/tfds/squeezebert_cache/sop-<hash>.npz --out=W/ppmi_init
-  python -m squeezebert.embed_init --method=teacher --variant=squeezebert-small \
+  python -m squeezebert.train.embed_init --method=teacher --variant=squeezebert-small \
       --teacher=W/sst2_minilm --out=W/teacher_init
 """
 
@@ -26,9 +26,16 @@ from __future__ import annotations
 import os
 import time
 
+import jax.numpy as jnp
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
+from flax import nnx
 from scipy import sparse
+from sklearn.utils.extmath import randomized_svd
+
+from squeezebert import load
+from squeezebert.convert import ours
+from squeezebert.model import SqueezeBert, get_config
 
 FIRST_ORDINARY_ID = 999  # bert-base-uncased: 0 [PAD], 1-998 [unused*], 100-103 specials
 
@@ -70,7 +77,6 @@ def ppmi_embeddings(ids_NxL, lengths_N, vocab_size: int, dim: int, *, window: in
                     min_count: float = 20.0, std: float = 0.02, seed: int = 0):
   """(table [V, dim] float32, covered [V] bool): SVD-PPMI rows for tokens with at least
   `min_count` weighted co-occurrences."""
-  from sklearn.utils.extmath import randomized_svd  # noqa: PLC0415
   t0 = time.time()
   counts = cooccurrence(ids_NxL, lengths_N, vocab_size, window)
   if counts.nnz == 0:
@@ -97,7 +103,6 @@ def teacher_embeddings(teacher_VxT: np.ndarray, dim: int, std: float = 0.02):
 
 def set_word_embeddings(model, table_VxH: np.ndarray, covered_V: np.ndarray | None = None):
   """Write rows of `table` into the model's word embeddings (all rows, or the covered ones)."""
-  import jax.numpy as jnp  # noqa: PLC0415
   p = model.transformer.embeddings.word_embeddings
   old = np.asarray(p[...])
   if old.shape != table_VxH.shape:
@@ -126,23 +131,17 @@ def teacher_table(cfg, teacher_VxT: np.ndarray):
 
 
 def from_teacher(cfg, teacher: str):
-  """`teacher_table` from the checkpoint at `teacher` (any format convert.from_pretrained
+  """`teacher_table` from the checkpoint at `teacher` (any format load.from_pretrained
   reads)."""
-  from squeezebert import convert  # noqa: PLC0415
   if not teacher:
     raise ValueError("embedding init from a teacher needs a teacher checkpoint directory")
-  t = convert.from_pretrained(teacher)
+  t = load.from_pretrained(teacher)
   return teacher_table(cfg, t.transformer.embeddings.word_embeddings[...])
 
 
 def build(method: str, variant: str, out: str, *, packed: str = "", teacher: str = "",
           window: int = 5, min_count: float = 20.0, seed: int = 0) -> str:
   """A fresh `variant` model (seed `seed`) with initialised word embeddings, saved to `out`."""
-  from flax import nnx  # noqa: PLC0415
-
-  from squeezebert import convert  # noqa: PLC0415
-  from squeezebert.model.config import get_config  # noqa: PLC0415
-  from squeezebert.model.model import SqueezeBert  # noqa: PLC0415
   cfg = get_config(variant)
   model = SqueezeBert(cfg, head="base", num_labels=2, rngs=nnx.Rngs(params=seed))
   std = cfg.initializer_range
@@ -164,22 +163,19 @@ def build(method: str, variant: str, out: str, *, packed: str = "", teacher: str
   else:
     raise ValueError(f"unknown --method={method!r}; known: ppmi, teacher")
   set_word_embeddings(model, table, covered)
-  convert.save_pretrained(model, out, extra=extra)
+  ours.save_pretrained(model, out, extra=extra)
   logging.info("wrote %s", out)
   return out
 
 
 def main(argv):
   del argv
-  from absl import flags  # noqa: PLC0415
   f = flags.FLAGS
   build(f.method, f.variant, f.out, packed=f.packed, teacher=f.teacher, window=f.window,
         min_count=f.min_count, seed=f.seed)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
   flags.DEFINE_enum("method", "ppmi", ["ppmi", "teacher"], "how to initialise the embeddings")
   flags.DEFINE_string("variant", "squeezebert-small", "model preset")
   flags.DEFINE_string("out", None, "output model directory", required=True)

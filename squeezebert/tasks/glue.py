@@ -1,27 +1,20 @@
-"""Tasks: what the one trainer needs to know about a task (data, head, loss, metrics).
-
-A task provides: head, num_labels, main_metric (+ mode), splits, `load(split)` -> an
-EncodedSplit-like object for `squeezebert.data.batching.batches`, `loss(out, batch)`,
-`eval_outputs(out, batch)` (per-example arrays gathered on the host) and `metrics(collected)`.
-New tasks (MLM pretraining, NER, QA) register here; the trainer stays the same.
-"""
+"""GLUE tasks for the trainer: data, classification/regression head, loss, official metrics
+and the GLUE server's submission files."""
 
 from __future__ import annotations
 
 import functools
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
 
-from squeezebert import metrics as metrics_lib
-from squeezebert.data import batching, glue
+from squeezebert.data import batching
+from squeezebert.data import glue as glue_data
 from squeezebert.data import tokenizer as tokenization
-from squeezebert.train import task_ner, task_qa
-from squeezebert.train.task_pretrain import PretrainTask
+from squeezebert.metrics import glue as metrics_glue
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -30,10 +23,53 @@ def weighted_mean(x, w):
   return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+def glue_metrics(task_name: str, predictions, labels, weights=None) -> dict[str, float]:
+  """The task's official GLUE metrics plus 'combined' (their mean, the GLUE task score).
+  predictions: class ids or [N, C] logits (classification), scores or [N, 1] (STS-B)."""
+  spec = glue_data.get_task(task_name)
+  return metrics_glue.compute(spec.metrics, predictions, labels, weights,
+                              regression=spec.is_regression)
+
+
+def write_glue_submission(task_name: str, idx, predictions, out_dir: str,
+                          split: str | None = None) -> str:
+  """Writes the GLUE server's <TASK>.tsv (`index<TAB>prediction`, sorted by index); returns path.
+
+  Predictions are label names for NLI tasks (MNLI, QNLI, RTE, AX), 0/1 for CoLA, SST-2, MRPC,
+  QQP and WNLI, and scores with 3 decimals clipped to [0, 5] for STS-B. `split` picks the
+  file for tasks with several test splits (MNLI: test_matched / test_mismatched).
+  """
+  spec = glue_data.get_task(task_name)
+  if split is None:
+    if len(spec.test_splits) != 1:
+      raise ValueError(f"{spec.name} has several test splits; pass split=, one of "
+                       f"{spec.test_splits}")
+    split = spec.test_splits[0]
+  preds = metrics_glue.to_predictions(predictions, spec.is_regression)
+  idx = np.asarray(idx).reshape(-1)
+  if len(idx) != len(preds):
+    raise ValueError(f"{len(idx)} indices but {len(preds)} predictions")
+  if len(np.unique(idx)) != len(idx):
+    raise ValueError("duplicate indices: was batch padding (idx -1) filtered out?")
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, spec.submission_file(split))
+  with open(path, "w") as f:
+    f.write("index\tprediction\n")
+    for i in np.argsort(idx, kind="stable"):
+      if spec.is_regression:
+        value = f"{float(np.clip(preds[i], 0.0, 5.0)):.3f}"
+      elif spec.submit_label_names:
+        value = spec.label_names[int(preds[i])]
+      else:
+        value = str(int(preds[i]))
+      f.write(f"{int(idx[i])}\t{value}\n")
+  return path
+
+
 class GlueTask:
   def __init__(self, config):
     self.config = config
-    self.spec = glue.get_task(config.task)
+    self.spec = glue_data.get_task(config.task)
     self.name = self.spec.name
     self.head = "regression" if self.spec.is_regression else "classification"
     self.num_labels = self.spec.num_labels
@@ -55,13 +91,13 @@ class GlueTask:
     caps every other split (eval AND test: smoke runs)."""
     d = self.config.data
     try:
-      ex = glue.load_examples(self.spec, split, data_dir=d.tfds_data_dir or None,
+      ex = glue_data.load_examples(self.spec, split, data_dir=d.tfds_data_dir or None,
                               source=d.source, tsv_dir=d.tsv_dir or None)
     except FileNotFoundError as e:
       raise FileNotFoundError(
           f"{e}\nGLUE data for {self.name}/{split} not found: set config.data.tfds_data_dir "
-          f"(or ${glue.TFDS_DIR_ENV}) to a TFDS data dir holding {self.spec.tfds_name}, or "
-          f"config.data.tsv_dir (or ${glue.GLUE_DIR_ENV}) to a download_glue_data.py output "
+          f"(or ${glue_data.TFDS_DIR_ENV}) to a TFDS data dir holding {self.spec.tfds_name}, or "
+          f"config.data.tsv_dir (or ${glue_data.GLUE_DIR_ENV}) to a download_glue_data.py output "
           "dir.") from e
     limit = d.train_limit if split == self.train_split else d.eval_limit
     if limit > 0:
@@ -99,22 +135,9 @@ class GlueTask:
             "idx": batch["idx"]}
 
   def metrics(self, c: dict) -> dict:
-    return metrics_lib.glue_metrics(self.name, c["pred"], c["labels"], c["weight"])
+    return glue_metrics(self.name, c["pred"], c["labels"], c["weight"])
 
   def write_predictions(self, c: dict, split: str, out_dir: str) -> str:
     keep = c["weight"] > 0
-    return metrics_lib.write_glue_submission(self.name, c["idx"][keep], c["pred"][keep],
+    return write_glue_submission(self.name, c["idx"][keep], c["pred"][keep],
                                              out_dir, split=split)
-
-
-TASKS = {name: GlueTask for name in glue.TASKS}
-# Token classification and extractive QA (task_ner.py, task_qa.py).
-TASKS["conll2003"] = task_ner.NerTask
-TASKS["squad"] = task_qa.QaTask
-TASKS["pretrain"] = PretrainTask
-
-
-def get_task(config):
-  if config.task not in TASKS:
-    raise ValueError(f"unknown task {config.task!r}; known: {sorted(TASKS)}")
-  return TASKS[config.task](config)

@@ -20,7 +20,7 @@ from absl import logging
 
 from squeezebert.data import pretraining
 from squeezebert.data import tokenizer as tokenization
-from squeezebert.train import masking
+from squeezebert.tasks import masking
 
 EVAL_MASK_SEED = 1234
 

@@ -21,15 +21,15 @@ import numpy as np
 import optax
 from absl import logging
 
-from squeezebert import metrics_squad
+from squeezebert.metrics import squad as metrics_squad
 from squeezebert.data import batching, squad
 from squeezebert.data import tokenizer as tokenization
-from squeezebert.train.task_common import lookup_split, split_base
+from squeezebert.tasks.common import lookup_split, split_base
 
 DEV_TRAIN, DEV_HELDOUT = "dev_train", "dev_heldout"
 
 
-class QaTask:
+class SquadTask:
   head = "qa"
   num_labels = 2
 
