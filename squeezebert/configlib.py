@@ -17,7 +17,8 @@ MODEL_FLOAT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 MODEL_VARIANT_FIELDS = dict(share_layers=bool, separable_kernel=int, conv_kernel=int,
                             conv_layers=str)  # conv_layers as "1,3"
 # Execution switches (same parameters and function; squeezebert/model/config.py).
-MODEL_EXECUTION_FIELDS = dict(attention_impl=str, remat=str, fused_qkv=bool)
+MODEL_EXECUTION_FIELDS = dict(attention_impl=str, remat=str, fused_qkv=bool, grouped_layout=str,
+                              batch_chunk=str, chunk_streams=int)  # batch_chunk: "auto" | "N"
 
 
 def _cast(value: str, default):

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from squeezebert.model import build_model, get_config
-from squeezebert.model.layers import resolve_attention_impl, set_grouped_layout
+from squeezebert.model.layers import resolve_attention_impl
 from squeezebert.bench import train as train_bench
 from squeezebert.train import optim, steps as steps_lib, trainer
 
@@ -26,8 +26,8 @@ def inputs():
 
 
 def _model(layout="einsum", **kw):
-  m = build_model(get_config("tiny", **kw), "classification", 3, seed=0)
-  return set_grouped_layout(m, layout)
+  return build_model(get_config("tiny", grouped_layout=layout, **kw), "classification", 3,
+                     seed=0)
 
 
 def _grads(model, inputs, key):

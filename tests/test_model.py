@@ -14,7 +14,8 @@ from flax import nnx
 
 import squeezebert
 from squeezebert.convert import names
-from squeezebert.model import ModelConfig, SqueezeBert, build_model, get_config, param_count
+from squeezebert.model import (ModelConfig, SqueezeBert, build_model, get_config, param_count,
+                               with_execution)
 from squeezebert.model.layers import GroupedProjection
 
 ATOL = 1e-5
@@ -149,8 +150,7 @@ def test_grouped_projection_is_block_diagonal():
 def test_grouped_layouts_agree():
   """split (G sliced 2-D dots, the CPU default) and einsum (one group-major batched einsum)
   are the same math: projections, the group-major FFN chain, a whole model and its
-  gradients; the layout is static graph data, not a parameter."""
-  from squeezebert.model.layers import set_grouped_layout
+  gradients; the layout is part of the execution plan (static graph data, not a parameter)."""
   p = _proj(32, 48, 4, seed=3)
   x = jax.random.normal(jax.random.key(4), (2, 7, 32))
   ys = {}
@@ -162,6 +162,8 @@ def test_grouped_layouts_agree():
   np.testing.assert_allclose(ys["split"], ys["einsum"], atol=1e-6, rtol=0)
   with pytest.raises(ValueError, match="unknown grouped layout"):
     GroupedProjection(8, 8, 2, cfg=get_config("tiny"), rngs=nnx.Rngs(0), layout="conv")
+  with pytest.raises(ValueError, match="grouped_layout must be one of"):
+    get_config("tiny", grouped_layout="conv")
   cfg = get_config("tiny", num_hidden_layers=2, hidden_dropout_prob=0.0,
                    attention_probs_dropout_prob=0.0)
   model = SqueezeBert(cfg, head="classification", rngs=nnx.Rngs(params=0))
@@ -169,9 +171,10 @@ def test_grouped_layouts_agree():
   mask = jnp.ones_like(ids).at[0, 6:].set(0)
   outs, grads = {}, {}
   for layout in ("einsum", "split"):
-    set_grouped_layout(model, layout)
-    outs[layout] = model(ids, mask, deterministic=True)
-    grads[layout] = nnx.grad(lambda m: m(ids, mask, deterministic=True).logits.sum())(model)
+    m = with_execution(model, grouped_layout=layout)
+    assert m.config.grouped_layout == layout and model.config.grouped_layout == "auto"
+    outs[layout] = m(ids, mask, deterministic=True)
+    grads[layout] = nnx.grad(lambda mm: mm(ids, mask, deterministic=True).logits.sum())(m)
   for k in ("last_hidden_state", "pooler_output", "logits"):
     np.testing.assert_allclose(getattr(outs["split"], k), getattr(outs["einsum"], k),
                                atol=1e-5, rtol=0)
@@ -180,8 +183,7 @@ def test_grouped_layouts_agree():
   # Deterministic split-layout attention runs group by group (each group's q/k/v blocks are
   # whole heads); it equals projecting all heads and attending over them.
   from squeezebert.model.model import attention_bias
-  att = model.transformer.layers[0].attention
-  set_grouped_layout(model, "split")
+  att = with_execution(model, grouped_layout="split").transformer.layers[0].attention
   x = jax.random.normal(jax.random.key(5), (3, 9, cfg.hidden_size))
   bias = attention_bias(mask)
   whole = att.core(*att.project(x), bias, deterministic=True, rngs=None)
@@ -193,10 +195,11 @@ def test_grouped_layouts_agree():
                      head="classification", rngs=nnx.Rngs(params=0))
   train = {}
   for layout in ("einsum", "split"):
-    set_grouped_layout(drop, layout)
-    train[layout] = drop(ids, mask, rngs=jax.random.key(7), deterministic=False).logits
+    m = with_execution(drop, grouped_layout=layout)
+    train[layout] = m(ids, mask, rngs=jax.random.key(7), deterministic=False).logits
   np.testing.assert_allclose(train["split"], train["einsum"], atol=1e-5, rtol=0)
-  set_grouped_layout(model, "auto")
+  with pytest.raises(ValueError, match="with_execution changes only"):
+    with_execution(model, hidden_size=64)
 
 
 # ------------------------------------------------------------------ padding and dropout
@@ -316,20 +319,20 @@ def test_batch_chunked_inference_matches_whole_batch():
   the values, hidden states and gradients equal the unchunked ones."""
   cfg = get_config("tiny", num_hidden_layers=2)
   model = SqueezeBert(cfg, head="classification", rngs=nnx.Rngs(params=0))
-  enc = model.transformer
+  plan = lambda **kw: with_execution(model, **kw)
   # "auto" chunks only on a single CPU device (the tests run with several).
-  assert enc.chunk_size(64) == (8 if jax.device_count() == 1 else 0)
-  enc.batch_chunk = 8
-  assert [enc.chunk_size(b) for b in (4, 8, 16, 12, 7, 18)] == [0, 0, 8, 6, 0, 6]
-  enc.batch_chunk = 0
-  assert enc.chunk_size(64) == 0
+  assert model.transformer.chunk_size(64) == (8 if jax.device_count() == 1 else 0)
+  assert [plan(batch_chunk=8).transformer.chunk_size(b) for b in (4, 8, 16, 12, 7, 18)] == [
+      0, 0, 8, 6, 0, 6]
+  whole_model = plan(batch_chunk=0)
+  assert whole_model.transformer.chunk_size(64) == 0
   ids = jax.random.randint(jax.random.key(0), (16, 9), 0, cfg.vocab_size)
   mask = jnp.ones_like(ids).at[3, 5:].set(0)
   fn = lambda m: m(ids, mask, deterministic=True, output_hidden_states=True)
   grad = lambda m: nnx.grad(lambda mm: fn(mm).logits.sum())(m)
-  whole, g_whole = fn(model), grad(model)
-  enc.batch_chunk = 8
-  chunked, g_chunked = fn(model), grad(model)
+  whole, g_whole = fn(whole_model), grad(whole_model)
+  chunked_model = plan(batch_chunk=8)
+  chunked, g_chunked = fn(chunked_model), grad(chunked_model)
   np.testing.assert_allclose(chunked.logits, whole.logits, atol=1e-6, rtol=0)
   for a, b in zip(chunked.hidden_states, whole.hidden_states):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
@@ -337,19 +340,17 @@ def test_batch_chunked_inference_matches_whole_batch():
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
   # Chunks of 4 (4 chunks): a loop of 2 steps x 2 independent chains, 3 chains -> 2 (the
   # largest divisor of the chunk count), and all 4 chains in one step (no loop).
-  enc.batch_chunk = 4
   for streams in (2, 3, 4):
-    enc.chunk_streams = streams
-    out = fn(model)
+    out = fn(plan(batch_chunk=4, chunk_streams=streams))
     np.testing.assert_allclose(out.logits, whole.logits, atol=1e-6, rtol=0)
     for a, b in zip(out.hidden_states, whole.hidden_states):
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-  enc.chunk_streams = 0
   with pytest.raises(ValueError, match="chunk_streams"):
-    fn(model)
-  enc.chunk_streams, enc.batch_chunk = 4, 8
+    get_config("tiny", chunk_streams=0)
+  with pytest.raises(ValueError, match="batch_chunk"):
+    get_config("tiny", batch_chunk="many")
+  assert get_config("tiny", batch_chunk="8").batch_chunk == 8  # a config-flag string
   # Dropout (train mode) never chunks: its RNG stream stays that of the whole batch.
-  r1 = model(ids, mask, rngs=jax.random.key(3), deterministic=False).logits
-  enc.batch_chunk = 0
-  r2 = model(ids, mask, rngs=jax.random.key(3), deterministic=False).logits
+  r1 = chunked_model(ids, mask, rngs=jax.random.key(3), deterministic=False).logits
+  r2 = whole_model(ids, mask, rngs=jax.random.key(3), deterministic=False).logits
   np.testing.assert_array_equal(r1, r2)

@@ -13,8 +13,7 @@ import os
 from absl import app, flags
 
 from squeezebert.bench import inference, train
-from squeezebert.model.config import ATTENTION_IMPLS, REMAT_POLICIES
-from squeezebert.model.layers import GROUPED_LAYOUTS
+from squeezebert.model.config import ATTENTION_IMPLS, GROUPED_LAYOUTS, REMAT_POLICIES
 
 flags.DEFINE_enum("mode", "inference", ["inference", "train"], "what to time")
 flags.DEFINE_string("variant", "squeezebert-base", "model preset")

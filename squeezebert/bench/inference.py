@@ -27,10 +27,9 @@ from squeezebert import quant as quant_lib
 from squeezebert.bench.device import environment, memory_report
 from squeezebert.convert import save_pretrained
 from squeezebert.bench.flops import analytic_flops, xla_cost
-from squeezebert.model import build_model, get_config, param_count
+from squeezebert.model import build_model, get_config, param_count, with_execution
 from squeezebert.model.config import ModelConfig, resolve_dtype
-from squeezebert.model.layers import (GroupedProjection, resolve_attention_impl,
-                                      set_grouped_layout)
+from squeezebert.model.layers import GroupedProjection, resolve_attention_impl
 
 def make_config(variant: str, dtype: str = "float32", param_dtype: str | None = None,
                 layers: int | None = None, attention_impl: str = "auto") -> ModelConfig:
@@ -133,9 +132,8 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
                   chunk_streams: int | None = None, attention_impl: str = "auto") -> dict:
   """Build, compile and time one model; returns a JSON-able dict. quant='int8' (or 'w4a8',
   'w8'): the int8 model converted from the float one (float32 activations between matmuls).
-  layout: how grouped projections run (squeezebert.model.layers.GROUPED_LAYOUTS);
-  batch_chunk: sequences per chunk of the layer stack (Encoder.batch_chunk: "auto" | 0 | N);
-  chunk_streams: chunks run as independent chains per loop step (Encoder.chunk_streams)."""
+  layout, batch_chunk, chunk_streams: the CPU execution plan (ModelConfig.grouped_layout,
+  batch_chunk, chunk_streams; None: the config's)."""
   if warmup < 0 or iters < 1:
     raise ValueError(f"need warmup >= 0 and iters >= 1, got {warmup}, {iters}")
   qcfg = quant_config(quant)
@@ -169,9 +167,8 @@ def run_benchmark(variant: str = "squeezebert-base", batch: int = 32, seq: int =
   if chunk:
     # XLA's cost analysis counts a while-loop body (the lax.map over chunks) once: take the
     # FLOPs of the same model compiled without chunking.
-    whole = nnx.merge(graphdef, state)
-    whole.transformer.batch_chunk = 0
-    whole_graphdef, whole_state = nnx.split(whole)
+    whole_graphdef, whole_state = nnx.split(with_execution(nnx.merge(graphdef, state),
+                                                           batch_chunk=0))
     xla = xla_cost(make_forward(whole_graphdef).lower(whole_state, *args[1:]).compile())
   else:
     xla = xla_cost(compiled)
@@ -213,11 +210,10 @@ def with_code_paths(graphdef, state, layout: str = "auto", batch_chunk: str | in
                     chunk_streams: int | None = None):
   """(graphdef, state) of the model on these CPU code paths (chunk_streams None: the
   model's own)."""
-  model = set_grouped_layout(nnx.merge(graphdef, state), layout)
-  model.transformer.batch_chunk = batch_chunk
+  fields = dict(grouped_layout=layout, batch_chunk=batch_chunk)
   if chunk_streams is not None:
-    model.transformer.chunk_streams = chunk_streams
-  return nnx.split(model)
+    fields["chunk_streams"] = chunk_streams
+  return nnx.split(with_execution(nnx.merge(graphdef, state), **fields))
 
 
 def grouped_layouts(graphdef, state) -> list[str]:

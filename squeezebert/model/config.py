@@ -56,19 +56,28 @@ class ModelConfig:
   family: str = "squeezebert"  # "squeezebert" | "bert": HF naming of the weights
   dtype: Any = "float32"        # compute dtype
   param_dtype: Any = "float32"  # storage dtype of the parameters
-  # Execution choices: same parameters, same function up to float rounding. They are not
-  # part of the architecture (saved model dirs and run.json leave them out).
+  # The execution plan: how the function is computed, never what it is (same parameters,
+  # same values up to float rounding). Fixed when the model is built (`with_execution`
+  # gives a model on another plan sharing the parameter arrays); saved model dirs and
+  # run.json leave these fields out.
   attention_impl: str = "auto"  # auto | manual | xla | cudnn (layers.resolve_attention_impl)
   remat: str = "none"           # none | full | dots_saveable: recompute each layer's
                                 #   activations in the backward pass (training memory)
   fused_qkv: bool = False       # one [G, Cin/G, 3 Cout/G] q/k/v projection per group in the
                                 #   einsum layout (fewer, wider GEMMs; not with quantization)
+  grouped_layout: str = "auto"  # auto | einsum | split: how G > 1 projections compute
+                                #   (layers.GroupedProjection; auto: split on CPU)
+  batch_chunk: Any = "auto"     # deterministic calls run the layer stack on chunks of this
+                                #   many sequences: "auto" (8 on one CPU device) | 0 (off) | N
+  chunk_streams: int = 4        # chunks per step of the chunk loop, each its own chain
 
   def __post_init__(self):
     layers = self.conv_layers
     if isinstance(layers, str):  # "1,3" from a config string
       layers = [int(x) for x in layers.replace(" ", "").split(",") if x]
     object.__setattr__(self, "conv_layers", tuple(int(i) for i in layers))  # hashable, JSON list
+    if isinstance(self.batch_chunk, str) and self.batch_chunk.isdigit():  # "8" from a flag
+      object.__setattr__(self, "batch_chunk", int(self.batch_chunk))
     self.validate()
 
   @property
@@ -144,6 +153,15 @@ class ModelConfig:
       raise ValueError(f"ModelConfig.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
     if not isinstance(self.fused_qkv, bool):
       raise ValueError(f"ModelConfig.fused_qkv must be a bool, got {self.fused_qkv!r}")
+    if self.grouped_layout not in GROUPED_LAYOUTS:
+      raise ValueError(f"ModelConfig.grouped_layout must be one of {GROUPED_LAYOUTS}, got "
+                       f"{self.grouped_layout!r}")
+    c = self.batch_chunk
+    if c != "auto" and (not isinstance(c, int) or isinstance(c, bool) or c < 0):
+      raise ValueError(f"ModelConfig.batch_chunk must be 'auto' or an int >= 0, got {c!r}")
+    if not isinstance(self.chunk_streams, int) or self.chunk_streams < 1:
+      raise ValueError(f"ModelConfig.chunk_streams must be an int >= 1, got "
+                       f"{self.chunk_streams!r}")
 
   def architecture_dict(self) -> dict:
     """to_dict() without the execution choices: what a saved model or a workdir records."""
@@ -164,7 +182,9 @@ class ModelConfig:
 
 
 # ModelConfig fields that choose how the function is computed, not what it is.
-EXECUTION_FIELDS = ("attention_impl", "remat", "fused_qkv")
+EXECUTION_FIELDS = ("attention_impl", "remat", "fused_qkv", "grouped_layout", "batch_chunk",
+                    "chunk_streams")
+GROUPED_LAYOUTS = ("auto", "einsum", "split")
 ATTENTION_IMPLS = ("auto", "manual", "xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 

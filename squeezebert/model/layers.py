@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from squeezebert.model.config import ModelConfig, resolve_dtype
+from squeezebert.model.config import GROUPED_LAYOUTS, ModelConfig, resolve_dtype
 from squeezebert.model.fake_quant import fake_quant
 
 
@@ -37,9 +37,6 @@ def activation(name: str):
   raise ValueError(f"unsupported activation {name!r}")
 
 
-GROUPED_LAYOUTS = ("auto", "einsum", "split")
-
-
 class GroupedProjection(nnx.Module):
   """A grouped 1x1 convolution written as a grouped einsum.
 
@@ -48,16 +45,18 @@ class GroupedProjection(nnx.Module):
   G = 1 is a dense layer. The einsum is called on `self.kernel` inside this module's own
   `__call__`, so qwix recognises it as the weight operand.
 
-  `layout` picks how G > 1 is computed (same values, bit for bit):
+  `layout` (ModelConfig.grouped_layout unless given) picks how G > 1 is computed (same values,
+  bit for bit):
     einsum  one group-major batched einsum [G, ..., I] x [G, I, O] (what qwix quantizes;
             squeezebert.quant sets it on every projection it touches);
     split   G plain 2-D dots on the G input slices (XLA:CPU: each is one large GEMM;
-            measured faster than the batched form on CPU, see squeezebert/bench.py);
+            measured faster than the batched form on CPU, docs/performance.md);
     auto    split on the CPU backend, einsum elsewhere.
   """
 
   def __init__(self, cin: int, cout: int, groups: int, *, cfg: ModelConfig, rngs: nnx.Rngs,
-               layout: str = "auto"):
+               layout: str | None = None):
+    layout = cfg.grouped_layout if layout is None else layout
     if cin % groups or cout % groups:
       raise ValueError(f"groups={groups} must divide cin={cin} and cout={cout}")
     if layout not in GROUPED_LAYOUTS:
@@ -124,16 +123,6 @@ class GroupedProjection(nnx.Module):
     ys = tuple(jnp.dot(xs[i].astype(self.dtype), kernel[i]) + bias[i * co:(i + 1) * co]
                for i in range(g))
     return ys if group_major_out else jnp.concatenate(ys, axis=-1)
-
-
-def set_grouped_layout(model, layout: str):
-  """Sets `layout` on every GroupedProjection of `model` (in place); returns the model."""
-  if layout not in GROUPED_LAYOUTS:
-    raise ValueError(f"unknown grouped layout {layout!r}; use one of {GROUPED_LAYOUTS}")
-  for _, m in nnx.iter_graph(model):
-    if isinstance(m, GroupedProjection):
-      m.layout = layout
-  return model
 
 
 def layer_norm(dim: int, eps: float, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:

@@ -11,14 +11,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from squeezebert.model.config import ModelConfig, resolve_dtype
+from squeezebert.model.config import EXECUTION_FIELDS, ModelConfig, resolve_dtype
 from squeezebert.model.layers import Block, Dropout, Embeddings, activation, dense, layer_norm
 
-# Sequences per chunk of deterministic CPU calls (Encoder.batch_chunk="auto"): measured on a
-# 2-core EPYC at seq 128, chunks of 4-8 beat the whole batch of 32 by ~10% (squeezebert/bench.py).
+# Sequences per chunk of deterministic CPU calls (ModelConfig.batch_chunk="auto"): measured on
+# a 2-core EPYC at seq 128, chunks of 4-8 beat the whole batch of 32 by ~10% (docs/performance.md).
 CPU_BATCH_CHUNK = 8
-# Chunks per step of the chunk loop (Encoder.chunk_streams), each its own dependence chain.
-CHUNK_STREAMS = 4
 
 HEADS = ("base", "mlm", "pretraining", "classification", "regression", "token", "qa",
          "multiple_choice")
@@ -58,11 +56,11 @@ class Encoder(nnx.Module):
     # after another (lax.map): the [chunk, H, L, L] scores and [chunk, L, 4D] FFN activations
     # stay cache-sized, where the whole batch's stream through memory. Same values (row
     # independent). "auto": CPU_BATCH_CHUNK on a single CPU device, off elsewhere; 0: off.
-    self.batch_chunk = "auto"
+    self.batch_chunk = cfg.batch_chunk
     # Each step of the chunk loop runs this many chunks as independent chains (a batch of 32
     # in chunks of 8: one step, no loop). XLA:CPU's executor then runs one chain's small
     # single-threaded fusions (slices, LayerNorm, softmax) next to another chain's GEMMs.
-    self.chunk_streams = CHUNK_STREAMS
+    self.chunk_streams = cfg.chunk_streams
 
   def __call__(self, ids_BxL, mask_BxL, type_ids_BxL, *, deterministic, rngs,
                output_hidden_states=False, inputs_embeds=None):
@@ -99,8 +97,6 @@ class Encoder(nnx.Module):
     c = self.batch_chunk
     if c == "auto":  # one CPU device (a sharded batch would be serialised across devices)
       c = CPU_BATCH_CHUNK if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
-    if not isinstance(c, int) or c < 0:
-      raise ValueError(f"Encoder.batch_chunk must be 'auto' or an int >= 0, got {c!r}")
     if not c or not isinstance(batch, int) or batch <= c:
       return 0
     d = c
@@ -110,10 +106,7 @@ class Encoder(nnx.Module):
 
   def _chunked_layers(self, x_BxLxD, bias, chunk):
     b = x_BxLxD.shape[0]
-    streams = self.chunk_streams
-    if not isinstance(streams, int) or streams < 1:
-      raise ValueError(f"Encoder.chunk_streams must be an int >= 1, got {streams!r}")
-    streams = max(d for d in range(1, streams + 1) if (b // chunk) % d == 0)
+    streams = max(d for d in range(1, self.chunk_streams + 1) if (b // chunk) % d == 0)
     graphdef, state = nnx.split(self.layers)  # merged inside the map body (its trace level)
 
     def run(xs):
@@ -255,6 +248,20 @@ class SqueezeBert(nnx.Module):
       se = self.qa_outputs(seq)
       out["start_logits"], out["end_logits"] = se[..., 0], se[..., 1]
     return ModelOutput(**out)
+
+
+def with_execution(model: SqueezeBert, **fields) -> SqueezeBert:
+  """The same model on another execution plan (ModelConfig.EXECUTION_FIELDS, e.g.
+  grouped_layout="einsum", batch_chunk=0): a new module holding the same parameter arrays;
+  `model` itself is left as it is."""
+  bad = sorted(set(fields) - set(EXECUTION_FIELDS))
+  if bad:
+    raise ValueError(f"with_execution changes only {EXECUTION_FIELDS}, got {bad}")
+  cfg = model.config.replace(**fields)
+  new = nnx.eval_shape(lambda: SqueezeBert(cfg, head=model.head, num_labels=model.num_labels,
+                                           rngs=nnx.Rngs(params=0)))
+  nnx.update(new, nnx.state(model))
+  return new
 
 
 def build_model(cfg: ModelConfig, head: str = "base", num_labels: int = 2, seed: int = 0

@@ -34,8 +34,7 @@ from safetensors.numpy import load_file, save_file
 
 from squeezebert.model import ModelConfig, SqueezeBert
 from squeezebert.model.params import CheckpointMismatchError, join_path
-from squeezebert.model.layers import GroupedProjection, set_grouped_layout
-from squeezebert.model.model import Encoder
+from squeezebert.model.model import with_execution
 from squeezebert.quant import fake
 from squeezebert.quant.config import QuantConfig, act_batch_axes, rule_specs
 
@@ -144,35 +143,20 @@ def _embeddings_bits(qcfg: QuantConfig) -> int:
   return qcfg.act_bits if "embeddings" in qcfg.modules else 0
 
 
+# What qwix needs: one grouped einsum per projection (the CPU default splits it into G sliced
+# dots, which qwix would not see as weight dots) and no batch chunking (a lax.map body would
+# hide the layers from qwix's interception and its statistics).
+PLAIN = dict(grouped_layout="einsum", batch_chunk=0, fused_qkv=False)
+
+
 def plain_compute(model):
-  """What qwix needs (in place): one grouped einsum per projection (the CPU default splits it
-  into G sliced dots, which qwix would not see as weight dots) and no batch chunking (a
-  lax.map body would hide the layers from qwix's interception and its statistics)."""
-  set_grouped_layout(model, "einsum")
-  for _, m in nnx.iter_graph(model):
-    if isinstance(m, Encoder):
-      m.batch_chunk = 0
-  return model
-
-
-@contextlib.contextmanager
-def einsum_layout(model):
-  """plain_compute while quantizing; `model` gets its own settings back afterwards."""
-  saved = [(m, name, getattr(m, name)) for _, m in nnx.iter_graph(model)
-           for name in ("layout", "batch_chunk")
-           if isinstance(m, (GroupedProjection, Encoder)) and hasattr(m, name)]
-  plain_compute(model)
-  try:
-    yield model
-  finally:
-    for m, name, value in saved:
-      setattr(m, name, value)
+  """`model` on the PLAIN execution plan (a new module sharing its parameter arrays)."""
+  return with_execution(model, **PLAIN)
 
 
 def _quantize(model, provider, head):
-  """`model` must be in plain_compute settings (`einsum_layout`); so is the quantized copy."""
+  """`model` must be on the PLAIN plan (`plain_compute`); so is the quantized copy."""
   out = qwix.quantize_model(model, provider, *dummy_inputs(head), deterministic=True)
-  plain_compute(out)
   unused = provider.get_unused_rules()
   if unused:
     logging.warning("quantization rules that matched no module (nothing quantized there): %s",
@@ -191,8 +175,8 @@ def quantize_for_training(model: SqueezeBert, qcfg: QuantConfig, *, oracle: bool
   # qwix's initialising forward pass, traced abstractly (eagerly it compiles every op of
   # the model one by one); then the float model's arrays go back in and the static-range
   # statistics (qwix QuantStat: count + sums) start at zero, as qwix initialises them.
-  with einsum_layout(model):
-    qmodel = nnx.eval_shape(lambda: _quantize(model, provider, model.head))
+  plain = plain_compute(model)
+  qmodel = nnx.eval_shape(lambda: _quantize(plain, provider, model.head))
   qmodel.transformer.embeddings.output_quant_bits = _embeddings_bits(qcfg)
   src = dict(nnx.to_flat_state(nnx.state(model)))
   state = nnx.state(qmodel)
@@ -268,14 +252,13 @@ _TABLES = ("word_embeddings", "position_embeddings")
 
 
 def _int8_skeleton(cfg: ModelConfig, head: str, num_labels: int, qcfg: QuantConfig):
-  cfg = cfg.replace(dtype="float32", param_dtype="float32")
+  cfg = cfg.replace(dtype="float32", param_dtype="float32", **PLAIN)
   model = SqueezeBert(cfg, head=head, num_labels=num_labels, rngs=nnx.Rngs(params=0))
   emb = model.transformer.embeddings
   for name in _TABLES:
     rows, dim = getattr(emb, name).shape
     setattr(emb, name, QuantizedTable.abstract(rows, dim))
   emb.output_quant_bits = _embeddings_bits(qcfg)
-  plain_compute(model)
   return _quantize(model, _ptq_provider(ptq_rules(qcfg, cfg, head)), head)
 
 
