@@ -58,16 +58,5 @@ def get_config(arg=None):
     c.distill.alpha = 0.5
     c.distill.temperature = 2.0
   if a.runlocal:
-    if not a.init_from:
-      c.model.variant = "tiny"
-      c.model.vocab_size = 30522  # the real WordPiece vocab
-    c.batch_size = 8
-    c.num_train_steps = 4
-    c.eval_every_steps = 2
-    c.log_every_steps = 1
-    c.data.train_limit = 64
-    c.data.eval_limit = 32
-    c.data.max_len = 64
-    c.data.bucket_boundaries = (32, 64)
-    c.progress_bar = False
+    common.apply_runlocal(c, a.init_from)
   return c

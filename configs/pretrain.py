@@ -84,16 +84,7 @@ def get_config(arg=None):
     c.eval_every_steps = 500
     c.log_every_steps = 50
   else:  # runlocal
+    common.apply_runlocal(c, train_limit=40, eval_limit=10)
     c.model.variant = a.variant or "tiny"
-    c.model.vocab_size = 30522
-    c.batch_size = 8
     c.learning_rate = 1e-3
-    c.data.max_len = 64
-    c.data.bucket_boundaries = (32, 64)
-    c.data.train_limit = 40
-    c.data.eval_limit = 10
-    c.num_train_steps = 4
-    c.eval_every_steps = 2
-    c.log_every_steps = 1
-    c.progress_bar = False
   return c

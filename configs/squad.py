@@ -62,18 +62,6 @@ def get_config(arg=None):
   c.data.max_answer_len = 30
   c.data.n_best_size = 20
   if a.runlocal:
-    if not a.init_from:
-      c.model.variant = "tiny"
-      c.model.vocab_size = 30522  # the real WordPiece vocab
-    c.batch_size = 8
-    c.num_train_steps = 4
-    c.eval_every_steps = 2
-    c.log_every_steps = 1
-    c.data.train_limit = 64
-    c.data.eval_limit = 32
-    c.data.max_len = 64           # the tiny preset has 64 positions
-    c.data.bucket_boundaries = (64,)
-    c.data.doc_stride = 16
-    c.data.max_query_len = 24
-    c.progress_bar = False
+    common.apply_runlocal(c, a.init_from, bucket_boundaries=(64,), doc_stride=16,
+                          max_query_len=24)
   return c

@@ -16,7 +16,6 @@ instead of training (squeezebert.quant.cli.run) and measure the int8 model.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any, Callable
 
 from absl import flags, logging
 
-from squeezebert import bench, convert, load
+from squeezebert import bench, configlib, convert, load
 from squeezebert.model import ModelConfig
 from squeezebert import workdir as workdir_lib
 from squeezebert.quant import QuantConfig
@@ -93,11 +92,7 @@ def workdir(root: str, cell: str, seed: int) -> str:
 
 def load_glue_config(arg: str):
   """configs/glue.py:get_config(arg), loaded from the repo (experiments run from anywhere)."""
-  spec = importlib.util.spec_from_file_location("glue_config",
-                                                os.path.join(REPO, "configs", "glue.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return configlib.load_config(f"{os.path.join(REPO, 'configs', 'glue.py')}:{arg}")
 
 
 def apply_overrides(config, overrides: dict):

@@ -1,9 +1,14 @@
-"""Config helpers shared by configs/*.py: big_vision-style typed string arguments and the default
-train config (ml-collections stays at the edges: the model itself takes a plain dataclass).
+"""Config helpers shared by configs/*.py: big_vision-style typed string arguments, the default
+train config, the runlocal smoke sizes, and loading a config file by path (ml-collections stays
+at the edges: the model itself takes a plain dataclass).
 
 `parse_arg("task=sst2,variant=squeezebert-base,runlocal=True", task="", variant="", runlocal=False)`
-returns a ConfigDict whose values take the type of their defaults.
+returns a ConfigDict whose values take the type of their defaults;
+`load_config("configs/glue.py:task=sst2,runlocal=True")` is what `--config=` does.
 """
+
+import importlib.util
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -154,3 +159,36 @@ def model_overrides(model_cfg) -> dict:
   names = (MODEL_INT_FIELDS + MODEL_FLOAT_FIELDS + tuple(MODEL_VARIANT_FIELDS)
            + tuple(MODEL_EXECUTION_FIELDS))
   return {k: model_cfg[k] for k in names if k in model_cfg and model_cfg[k] is not None}
+
+
+def apply_runlocal(c: ml_collections.ConfigDict, init_from: str = "", **data) -> None:
+  """The tiny smoke-run sizes every config's `runlocal=True` uses (tests run them): the tiny
+  model with the real WordPiece vocab unless a checkpoint is given, 4 steps of batch 8 on
+  64 training examples, evals on 32, length 64. `data`: extra config.data fields."""
+  if not init_from:
+    c.model.variant = "tiny"
+    c.model.vocab_size = 30522  # the real WordPiece vocab
+  c.batch_size = 8
+  c.num_train_steps = 4
+  c.eval_every_steps = 2
+  c.log_every_steps = 1
+  c.data.train_limit = 64
+  c.data.eval_limit = 32
+  c.data.max_len = 64             # the tiny preset has 64 positions
+  c.data.bucket_boundaries = (32, 64)
+  c.progress_bar = False
+  for k, v in data.items():
+    c.data[k] = v
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:arg]` -> that file's get_config(arg), as `--config=spec` loads it."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} not found (from {spec!r}; relative paths "
+                            "are taken from the current directory)")
+  name = "config_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

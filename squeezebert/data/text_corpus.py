@@ -16,12 +16,11 @@ joined by "\\n") from either
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 from typing import Iterator
-
-import tensorflow_datasets as tfds
 
 FORMATS = ("paragraphs", "wikitext")
 HOLDOUT_EVERY = 200  # 1 in 200 documents of a plain-text directory is held out as validation
@@ -65,50 +64,59 @@ def wikitext_documents(path: str) -> Iterator[tuple[int, str]]:
       yield i, "\n".join(doc)
 
 
-class TextCorpus(tfds.core.GeneratorBasedBuilder):
-  """A directory of plain-text files as a TFDS dataset (see the module docstring)."""
+@functools.cache
+def text_corpus_builder_class():
+  """The TFDS builder `text_corpus` (defined on first use: TFDS / TensorFlow load only when a
+  corpus is read, so the package imports without them)."""
+  import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
 
-  VERSION = tfds.core.Version("1.0.0")
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f, description=f"{f} text files")
-                     for f in FORMATS]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "Pass the directory of .txt files (format 'paragraphs') or of wiki.*.tokens files (format "
-      "'wikitext') as the manual dir: config.data.corpus_dir.")
+  class TextCorpus(tfds.core.GeneratorBasedBuilder):
+    """A directory of plain-text files as a TFDS dataset (see the module docstring)."""
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({"text": tfds.features.Text(),
-                                             "source": tfds.features.Text()}),
-        supervised_keys=None)
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f, description=f"{f} text files")
+                       for f in FORMATS]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Pass the directory of .txt files (format 'paragraphs') or of wiki.*.tokens files (format "
+        "'wikitext') as the manual dir: config.data.corpus_dir.")
 
-  def _split_generators(self, dl_manager):
-    root = str(dl_manager.manual_dir)
-    if self.builder_config.name == "wikitext":
-      present = {s: os.path.join(root, f) for s, f in _WIKI_SPLITS.items()
-                 if os.path.exists(os.path.join(root, f))}
-      if not present:
-        raise FileNotFoundError(f"no wiki.{{train,valid,test}}.tokens files in {root}")
-      return {s: self._generate_examples([p], held_out=None) for s, p in present.items()}
-    files = sorted(f for f in os.listdir(root) if f.endswith(".txt")
-                   and os.path.isfile(os.path.join(root, f)))
-    if not files:
-      raise FileNotFoundError(f"no .txt files in corpus directory {root}")
-    paths = [os.path.join(root, f) for f in files]
-    return {"train": self._generate_examples(paths, held_out=False),
-            "validation": self._generate_examples(paths, held_out=True)}
+    def _info(self):
+      return self.dataset_info_from_configs(
+          features=tfds.features.FeaturesDict({"text": tfds.features.Text(),
+                                               "source": tfds.features.Text()}),
+          supervised_keys=None)
 
-  def _generate_examples(self, paths, held_out: bool | None):
-    """held_out None: every document (WikiText files are whole splits)."""
-    read = wikitext_documents if held_out is None else paragraph_documents
-    for path in paths:
-      name = os.path.basename(path)
-      for i, doc in read(path):
-        if held_out is None or _held_out(name, i) == held_out:
-          yield f"{name}:{i}", {"text": doc, "source": name}
+    def _split_generators(self, dl_manager):
+      root = str(dl_manager.manual_dir)
+      if self.builder_config.name == "wikitext":
+        present = {s: os.path.join(root, f) for s, f in _WIKI_SPLITS.items()
+                   if os.path.exists(os.path.join(root, f))}
+        if not present:
+          raise FileNotFoundError(f"no wiki.{{train,valid,test}}.tokens files in {root}")
+        return {s: self._generate_examples([p], held_out=None) for s, p in present.items()}
+      files = sorted(f for f in os.listdir(root) if f.endswith(".txt")
+                     and os.path.isfile(os.path.join(root, f)))
+      if not files:
+        raise FileNotFoundError(f"no .txt files in corpus directory {root}")
+      paths = [os.path.join(root, f) for f in files]
+      return {"train": self._generate_examples(paths, held_out=False),
+              "validation": self._generate_examples(paths, held_out=True)}
+
+    def _generate_examples(self, paths, held_out: bool | None):
+      """held_out None: every document (WikiText files are whole splits)."""
+      read = wikitext_documents if held_out is None else paragraph_documents
+      for path in paths:
+        name = os.path.basename(path)
+        for i, doc in read(path):
+          if held_out is None or _held_out(name, i) == held_out:
+            yield f"{name}:{i}", {"text": doc, "source": name}
+
+  return TextCorpus
 
 
-def corpus_builder(fmt: str, data_dir: str | None, corpus_dir: str) -> TextCorpus:
+def corpus_builder(fmt: str, data_dir: str | None, corpus_dir: str):
   """The prepared `text_corpus/<fmt>` builder for `corpus_dir` (prepared on first use)."""
+  import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
   if fmt not in FORMATS:
     raise ValueError(f"unknown corpus format {fmt!r}; known: {FORMATS}")
   if not corpus_dir or not os.path.isdir(corpus_dir):
@@ -125,7 +133,7 @@ def corpus_builder(fmt: str, data_dir: str | None, corpus_dir: str) -> TextCorpu
   # go into the data dir, so two corpora never overwrite each other.
   tag = hashlib.sha1(os.path.abspath(corpus_dir).encode()).hexdigest()[:8]
   root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-  builder = TextCorpus(config=fmt, data_dir=os.path.join(
+  builder = text_corpus_builder_class()(config=fmt, data_dir=os.path.join(
       root, "text_corpus_dirs", f"{os.path.basename(os.path.normpath(corpus_dir))}-{tag}"))
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=corpus_dir))
@@ -137,6 +145,7 @@ def load_documents(spec: str, split: str, *, data_dir: str | None = None,
   """Documents of `split` from `spec` ("text_corpus/paragraphs", "wikipedia/20230601.en", ...).
 
   limit > 0 stops after that many documents."""
+  import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
   if spec.startswith("text_corpus/"):
     builder = corpus_builder(spec.split("/", 1)[1], data_dir, corpus_dir)
     if split not in builder.info.splits:

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from squeezebert.data import pretraining
+from squeezebert.data import pretraining, text_corpus
 from squeezebert.data import tokenizer as tokenization
 from squeezebert.tasks import masking
 
@@ -76,7 +76,6 @@ class PretrainTask:
   def load(self, split: str):
     d = self.config.data
     limit = d.train_limit if split == self.train_split else d.eval_limit
-    from squeezebert.data import text_corpus  # lazy: TFDS/TensorFlow import costs seconds
     docs = text_corpus.load_documents(d.corpus, split, data_dir=d.tfds_data_dir or None,
                                       corpus_dir=d.corpus_dir, limit=limit)
     cache_dir = d.cache_dir or os.path.join(
