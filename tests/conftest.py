@@ -1,22 +1,74 @@
-"""Shared test setup: CPU-only JAX with two fake host devices, quiet TF, common fixtures.
+"""Shared test setup, helpers and fixtures.
 
-The environment variables are set at import time, before anything imports jax.
+Environment (set at import time, before anything imports jax): CPU-only JAX with two fake host
+devices, quiet TensorFlow, and fast CPU compiles for the whole session: most XLA
+optimisations off and a persistent compilation cache in a temp dir that every in-process run
+and every subprocess shares (the tiny runs compile the same steps over and over).
+
+Data: one mechanism, the environment variables .ci/run sets: TFDS_DATA_DIR (TFDS-prepared
+glue/*, conll2003), GLUE_DIR (GLUE TSVs), CONLL2003_DIR (raw CoNLL-2003 files), SQUAD_DIR
+(SQuAD v1.1 JSON). A test that needs a missing one is skipped, except when
+SQUEEZEBERT_REQUIRE_DATA=1 (CI), where it fails.
+
+Helpers are plain functions here; tests reach them through the `kit` fixture.
 """
 
+import hashlib
+import json
 import os
+import pathlib
+import sys
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=2").strip()
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sqb_jax_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import importlib.util  # noqa: E402
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from squeezebert import configlib, load, tasks  # noqa: E402
+from squeezebert.train import optim, setup, steps, trainer  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = pathlib.Path(REPO_ROOT)
+if REPO_ROOT not in sys.path:  # experiments/ (sweep scripts) import as a package from the repo
+  sys.path.insert(0, REPO_ROOT)
 PARITY_LOG = os.environ.get("SQUEEZEBERT_PARITY_LOG", "/tmp/parity_errors.txt")
+DATA_ENV = {"tfds": "TFDS_DATA_DIR", "glue": "GLUE_DIR", "conll": "CONLL2003_DIR",
+            "squad": "SQUAD_DIR"}
+# What each data dir must hold for the tests that use it.
+DATA_MARKER = {"tfds": "glue/sst2", "glue": "SST-2/dev.tsv", "conll": "valid.txt",
+               "squad": "dev-v1.1.json"}
+
+
+def data_dir(kind: str) -> pathlib.Path:
+  """The data directory of `kind` from its environment variable; skip (or, with
+  SQUEEZEBERT_REQUIRE_DATA=1, fail) when it is unset or lacks what the tests read."""
+  var = DATA_ENV[kind]
+  path = os.environ.get(var, "")
+  if path and (pathlib.Path(path) / DATA_MARKER[kind]).exists():
+    return pathlib.Path(path)
+  msg = (f"test data: ${var} is {'unset' if not path else repr(path)}; it must point to a "
+         f"directory holding {DATA_MARKER[kind]} (.ci/run sets it)")
+  if os.environ.get("SQUEEZEBERT_REQUIRE_DATA") == "1":
+    pytest.fail(msg)
+  pytest.skip(msg)
+
+
+# Marks for tests that read the data but need no path themselves.
+needs_tfds = pytest.mark.usefixtures("tfds_dir")
+needs_glue_tsv = pytest.mark.usefixtures("glue_dir")
 
 
 @pytest.fixture(scope="session")
@@ -25,11 +77,23 @@ def repo_root():
 
 
 @pytest.fixture(scope="session")
-def shared_dir():
-  path = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared"))
-  if not os.path.isdir(path):
-    pytest.skip(f"shared directory {path} is absent")
-  return path
+def tfds_dir():
+  return data_dir("tfds")
+
+
+@pytest.fixture(scope="session")
+def glue_dir():
+  return data_dir("glue")
+
+
+@pytest.fixture(scope="session")
+def conll_dir():
+  return data_dir("conll")
+
+
+@pytest.fixture(scope="session")
+def squad_dir():
+  return data_dir("squad")
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +105,124 @@ def minilm_dir():
   if not os.path.exists(os.path.join(path, "config.json")):
     pytest.skip(f"no MiniLM checkpoint under {path}")
   return path
+
+
+@pytest.fixture(scope="session")
+def kit():
+  """This module: the shared helpers below (configs, batches, one-step runs, digests)."""
+  return sys.modules[__name__]
+
+
+hfkit = kit  # the HF reference helpers live here too
+
+
+# ------------------------------------------------------------------ configs and run helpers
+def config(name: str, arg: str = "", **overrides):
+  """configs/<name>.py:<arg>; `a__b=v` keyword overrides set config.a.b = v."""
+  cfg = configlib.load_config(f"{REPO / 'configs' / name}.py" + (f":{arg}" if arg else ""))
+  for key, value in overrides.items():
+    node, _, field = key.rpartition("__")
+    target = cfg
+    for part in filter(None, node.split("__")):
+      target = target[part]
+    target[field] = value
+  return cfg
+
+
+def runlocal(task="sst2", **overrides):
+  """configs/glue.py's runlocal config (data from $TFDS_DATA_DIR / $GLUE_DIR)."""
+  return config("glue", f"task={task},runlocal=True", **overrides)
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def ckpt_steps(workdir):
+  d = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def tree_digest(*roots):
+  """{relative path: sha256} of every file under the roots."""
+  out = {}
+  for root in map(pathlib.Path, roots):
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for p in files:
+      out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+  return out
+
+
+def param_arrays(model) -> dict:
+  """{"['transformer']['pooler']['kernel']": array, ...}"""
+  pure = nnx.as_pure(nnx.state(model, nnx.Param))
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(pure)}
+
+
+def saved_params(workdir, step):
+  return param_arrays(load.load_workdir(str(workdir), step=step))
+
+
+def assert_metrics_close(a: dict, b: dict, tol=1e-6):
+  assert a.keys() == b.keys()
+  for k in a:
+    if isinstance(a[k], float):
+      assert a[k] == pytest.approx(b[k], rel=tol, abs=tol), k
+    else:
+      assert a[k] == b[k], k
+
+
+def random_batch(batch_size=8, length=32, seed=0):
+  """A GLUE-shaped numpy batch with random lengths (right padding)."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(5, length + 1, batch_size)
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+  return {"input_ids": (rng.integers(1000, 5000, (batch_size, length)) * mask).astype(np.int32),
+          "attention_mask": mask, "token_type_ids": np.zeros((batch_size, length), np.int32),
+          "labels": rng.integers(0, 2, batch_size).astype(np.int32),
+          "example_weight": np.ones(batch_size, np.float32),
+          "idx": np.arange(batch_size, dtype=np.int32)}
+
+
+def one_step(cfg, mesh, batch, grad_accum=1):
+  """One jitted train step as the trainer runs it; returns (loss, {param path: array})."""
+  task = tasks.get_task(cfg)
+  model = setup.build_model(cfg, task)
+  tx, lr = optim.make_tx(cfg, 4, 0)
+  graphdef, state = nnx.split((model, optim.make_optimizer(model, tx)))
+  state = jax.device_put(state, mesh.replicated)
+  step = steps.make_train_step(graphdef, task, lr, grad_accum)
+  new, metrics = step(state, mesh.put_batch(batch), jax.random.key(cfg.seed), 0)
+  model, _ = nnx.merge(graphdef, new)
+  assert bool(metrics["all_finite"])
+  return float(metrics["loss"]), param_arrays(model)
+
+
+def jitted(fn, model, *args):
+  """fn(model, *args) under one jax.jit (model split into graphdef + state): tests that
+  differentiate or run a whole model would otherwise dispatch op by op, each op compiled
+  on its own."""
+  graphdef, state = nnx.split(model)
+  return jax.jit(lambda s, *a: fn(nnx.merge(graphdef, s), *a))(state, *args)
+
+
+def assert_same_update(a, b, atol=1e-5):
+  (loss_a, pa), (loss_b, pb) = a, b
+  assert loss_a == pytest.approx(loss_b, abs=atol)
+  assert pa.keys() == pb.keys()
+  for k in pa:
+    np.testing.assert_allclose(pa[k], pb[k], rtol=0, atol=atol, err_msg=k)
+
+
+@pytest.fixture(scope="session")
+def sst2_run(tmp_path_factory, tfds_dir):
+  """One uninterrupted runlocal SST-2 run (4 steps, eval + checkpoint every 2), shared."""
+  cfg = runlocal()
+  workdir = tmp_path_factory.mktemp("sst2")
+  result = trainer.train_and_evaluate(cfg, str(workdir))
+  return cfg, workdir, result
 
 
 _PARITY: dict[str, float] = {}
@@ -121,7 +303,6 @@ def make_hf(family: str, head: str, seed: int = 0, **cfg_kw):
 
 def make_inputs(batch: int, length: int, vocab: int, seed: int = 0, choices: int | None = None):
   """Padded batch: row 0 full, later rows end with zeros in the mask; token types 0 then 1."""
-  import numpy as np
   rng = np.random.default_rng(seed)
   lead = (batch,) if choices is None else (batch, choices)
   ids = rng.integers(1, vocab, size=lead + (length,)).astype(np.int64)
@@ -152,13 +333,11 @@ def hf_forward(model, head: str, ids, mask, tt) -> dict:
 
 
 def ours_forward(model, ids, mask, tt, keys) -> dict:
-  import numpy as np
   out = model(ids, mask, tt, deterministic=True)
   return {k: np.asarray(getattr(out, k)) for k in keys}
 
 
 def max_abs_err(a: dict, b: dict) -> float:
-  import numpy as np
   errs = []
   for k in a:
     assert a[k].shape == b[k].shape, (k, a[k].shape, b[k].shape)
@@ -166,7 +345,3 @@ def max_abs_err(a: dict, b: dict) -> float:
   return max(errs)
 
 
-@pytest.fixture(scope="session")
-def hfkit():
-  import sys
-  return sys.modules[__name__]

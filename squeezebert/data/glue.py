@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import glob
 import os
 
@@ -127,11 +128,17 @@ def tfds_prepared(spec: TaskSpec, data_dir: str | None = None) -> bool:
 
 
 def _load_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> dict:
-  import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
-
   if data_dir is not None and "://" not in data_dir and not os.path.isdir(data_dir):
     raise FileNotFoundError(f"TFDS data_dir does not exist: {data_dir}")
-  data_dir = data_dir or os.environ.get(TFDS_DIR_ENV) or None
+  return dict(_read_tfds(spec, split, data_dir or os.environ.get(TFDS_DIR_ENV) or None))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> dict:
+  """One prepared split, read once per process (sweeps and tests train many runs on it; the
+  examples are never modified downstream)."""
+  import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
+
   # batch_size=-1: the whole split as one batch of arrays (GLUE splits fit in memory easily);
   # several times faster than iterating examples.
   ds = tfds.load(spec.tfds_name, split=split, data_dir=data_dir, batch_size=-1)

@@ -1,9 +1,8 @@
 """The trainer: end-to-end GLUE runs, kill/resume, data parallelism, gradient accumulation,
 weight-decay masking, fail-fast on bad input and on divergence, eval/predict modes.
 
-Everything runs the `runlocal` tiny model on CPU. XLA optimisations are mostly off and a
-persistent compilation cache (a temp dir) is shared by this module's in-process runs and its
-subprocesses: most runs compile the same train step. conftest.py gives JAX two host devices.
+Everything runs the `runlocal` tiny model on CPU (conftest.py: two host devices, fast
+compiles, a compilation cache shared with subprocesses).
 """
 
 import hashlib
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import conftest as kit_lib
 from squeezebert import load
 from squeezebert.train.mesh import Mesh
 from squeezebert.train import setup as setup_lib
@@ -32,108 +32,14 @@ from squeezebert.train import steps as steps_lib
 from squeezebert import tasks as tasks_lib
 from squeezebert.train import trainer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TFDS_DIR = SHARED / "tensorflow_datasets"
-GLUE_TSV = SHARED / "data" / "glue"
-
-
-def _load_glue_config():
-  """configs/glue.py by path, as ml_collections' --config flag loads it."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("glue_config", REPO / "configs" / "glue.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-glue_config = _load_glue_config()
-needs_tfds = pytest.mark.skipif(not (TFDS_DIR / "glue" / "sst2").is_dir(),
-                                reason=f"no TFDS GLUE data under {TFDS_DIR}")
-needs_tsv = pytest.mark.skipif(not (GLUE_TSV / "STS-B").is_dir(),
-                               reason=f"no GLUE TSVs under {GLUE_TSV}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """Fast CPU compiles for this module; restores JAX's settings afterwards."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  names = ("jax_disable_most_optimizations", "jax_compilation_cache_dir",
-           "jax_persistent_cache_min_compile_time_secs")
-  old = {n: jax.config.values[n] for n in names}
-  jax.config.update("jax_disable_most_optimizations", True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield path
-  for n, v in old.items():
-    jax.config.update(n, v)
-  cc.reset_cache()
-
-
-def runlocal(task="sst2", **overrides):
-  """configs/glue.py's runlocal config; `data__x=...` sets config.data.x."""
-  cfg = glue_config.get_config(f"task={task},runlocal=True")
-  cfg.data.tfds_data_dir = str(TFDS_DIR)
-  for key, value in overrides.items():
-    node, _, name = key.rpartition("__")
-    (cfg[node] if node else cfg)[name] = value
-  return cfg
-
-
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f]
-
-
-def ckpt_steps(workdir):
-  d = pathlib.Path(workdir) / "checkpoints"
-  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
-
-
-def tree_digest(*roots):
-  """{relative path: sha256} of every file under the roots."""
-  out = {}
-  for root in map(pathlib.Path, roots):
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for p in files:
-      out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-  return out
-
-
-def param_arrays(model) -> dict:
-  """{"['transformer']['pooler']['kernel']": array, ...}"""
-  pure = nnx.as_pure(nnx.state(model, nnx.Param))
-  return {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(pure)}
-
-
-def saved_params(workdir, step):
-  return param_arrays(load.load_workdir(str(workdir), step=step))
-
-
-def assert_metrics_close(a: dict, b: dict, tol=1e-6):
-  assert a.keys() == b.keys()
-  for k in a:
-    if isinstance(a[k], float):
-      assert a[k] == pytest.approx(b[k], rel=tol, abs=tol), k
-    else:
-      assert a[k] == b[k], k
+REPO = pathlib.Path(__file__).resolve().parents[2]
+runlocal = kit_lib.runlocal
+read_jsonl, ckpt_steps, tree_digest = kit_lib.read_jsonl, kit_lib.ckpt_steps, kit_lib.tree_digest
+saved_params, assert_metrics_close = kit_lib.saved_params, kit_lib.assert_metrics_close
 
 
 # ---------------------------------------------------------------------------------------------
 # end to end
-
-
-@pytest.fixture(scope="module")
-def sst2_run(tmp_path_factory):
-  """One uninterrupted runlocal SST-2 run (4 steps, eval + checkpoint every 2), shared."""
-  if not (TFDS_DIR / "glue" / "sst2").is_dir():
-    pytest.skip(f"no TFDS GLUE data under {TFDS_DIR}")
-  cfg = runlocal()
-  workdir = tmp_path_factory.mktemp("sst2")
-  result = trainer.train_and_evaluate(cfg, str(workdir))
-  return cfg, workdir, result
 
 
 def test_sst2_end_to_end(sst2_run):
@@ -175,11 +81,10 @@ def test_sst2_end_to_end(sst2_run):
   assert run["model"]["hidden_size"] == 32 and run["best_metric"] == "accuracy"
 
 
-@needs_tsv
-def test_stsb_tsv_end_to_end_with_truncation(tmp_path, caplog):
+def test_stsb_tsv_end_to_end_with_truncation(tmp_path, caplog, glue_dir):
   """A pair regression task from the GLUE TSVs; max_len 24 truncates some training pairs."""
   caplog.set_level(pylog.INFO)
-  cfg = runlocal("stsb", num_train_steps=2, data__source="tsv", data__tsv_dir=str(GLUE_TSV),
+  cfg = runlocal("stsb", num_train_steps=2, data__source="tsv", data__tsv_dir=str(glue_dir),
                  data__tfds_data_dir="", data__max_len=24, data__bucket_boundaries=(24,))
   result = trainer.train_and_evaluate(cfg, str(tmp_path))
   assert {"pearson", "spearman", "combined"} <= set(result)
@@ -200,27 +105,24 @@ def test_stsb_tsv_end_to_end_with_truncation(tmp_path, caplog):
 def _main_cmd(workdir, *extra):
   return [sys.executable, "-m", "squeezebert.main",
           f"--config={REPO / 'configs' / 'glue.py'}:task=sst2,runlocal=True",
-          f"--workdir={workdir}", f"--config.data.tfds_data_dir={TFDS_DIR}", *extra]
+          f"--workdir={workdir}", *extra]
 
 
-def _subprocess_env(cache_dir):
+def _subprocess_env():
   env = dict(os.environ)
-  env.pop("GLUE_DIR", None)
-  # Same devices (conftest's XLA_FLAGS are inherited) and compile settings as this process.
-  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", TFDS_DATA_DIR=str(TFDS_DIR),
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
+  env.pop("GLUE_DIR", None)  # TFDS only: the same data as the in-process runs
+  # Same devices and compile settings (conftest's environment) as this process.
+  env.update(PYTHONUNBUFFERED="1")
   assert "xla_force_host_platform_device_count=2" in env.get("XLA_FLAGS", "")
   return env
 
 
-@needs_tfds
-def test_kill_and_resume_matches_uninterrupted(sst2_run, tmp_path, compile_cache, monkeypatch):
+def test_kill_and_resume_matches_uninterrupted(sst2_run, tmp_path, monkeypatch):
   _, ref_wd, ref_result = sst2_run
   wd = tmp_path / "killed"
   cmd = _main_cmd(wd, "--config.num_train_steps=4", "--config.checkpoint_every_steps=2",
-                  "--config.step_delay_secs=5")
-  env = _subprocess_env(compile_cache)
+                  "--config.step_delay_secs=1.5")
+  env = _subprocess_env()
   log1 = tmp_path / "run1.log"
   with open(log1, "w") as out:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -288,58 +190,24 @@ def test_kill_and_resume_matches_uninterrupted(sst2_run, tmp_path, compile_cache
 # one step: data parallelism, gradient accumulation
 
 
-def _batch(batch_size=8, length=32, seed=0):
-  rng = np.random.default_rng(seed)
-  lengths = rng.integers(5, length + 1, batch_size)
-  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-  return {"input_ids": (rng.integers(1000, 5000, (batch_size, length)) * mask).astype(np.int32),
-          "attention_mask": mask, "token_type_ids": np.zeros((batch_size, length), np.int32),
-          "labels": rng.integers(0, 2, batch_size).astype(np.int32),
-          "example_weight": np.ones(batch_size, np.float32),
-          "idx": np.arange(batch_size, dtype=np.int32)}
-
-
-def _one_step(cfg, mesh, batch, grad_accum=1):
-  """One jitted train step as the trainer runs it; returns (loss, {param path: array})."""
-  task = tasks_lib.get_task(cfg)
-  model = setup_lib.build_model(cfg, task)
-  tx, lr = optim.make_tx(cfg, 4, 0)
-  graphdef, state = nnx.split((model, optim.make_optimizer(model, tx)))
-  state = jax.device_put(state, mesh.replicated)
-  step = steps_lib.make_train_step(graphdef, task, lr, grad_accum)
-  new, metrics = step(state, mesh.put_batch(batch), jax.random.key(cfg.seed), 0)
-  model, _ = nnx.merge(graphdef, new)
-  params = param_arrays(model)
-  assert bool(metrics["all_finite"])
-  return float(metrics["loss"]), params
-
-
-def _assert_same_update(a, b, atol=1e-5):
-  (loss_a, pa), (loss_b, pb) = a, b
-  assert loss_a == pytest.approx(loss_b, abs=atol)
-  assert pa.keys() == pb.keys()
-  for k in pa:
-    np.testing.assert_allclose(pa[k], pb[k], rtol=0, atol=atol, err_msg=k)
-
-
 def test_two_devices_match_one_device():
   assert jax.device_count() == 2, "conftest.py should give JAX two host CPU devices"
   cfg = runlocal()  # dropout on: its random bits must not depend on the sharding
-  batch = _batch()
+  batch = kit_lib.random_batch()
   mesh2, mesh1 = Mesh(), Mesh(jax.devices()[:1])
   sharded = mesh2.put_batch(batch)["input_ids"]
   assert len(sharded.sharding.device_set) == 2
   assert {s.data.shape for s in sharded.addressable_shards} == {(4, 32)}
   assert len(mesh1.put_batch(batch)["input_ids"].sharding.device_set) == 1
-  _assert_same_update(_one_step(cfg, mesh2, batch), _one_step(cfg, mesh1, batch))
+  kit_lib.assert_same_update(kit_lib.one_step(cfg, mesh2, batch), kit_lib.one_step(cfg, mesh1, batch))
 
 
 def test_grad_accumulation_matches_full_batch():
   cfg = runlocal(model__hidden_dropout_prob=0.0, model__attention_probs_dropout_prob=0.0)
-  batch, mesh = _batch(seed=1), Mesh()
-  full = _one_step(cfg, mesh, batch, grad_accum=1)
-  accum = _one_step(cfg, mesh, batch, grad_accum=2)
-  _assert_same_update(full, accum)
+  batch, mesh = kit_lib.random_batch(seed=1), Mesh()
+  full = kit_lib.one_step(cfg, mesh, batch, grad_accum=1)
+  accum = kit_lib.one_step(cfg, mesh, batch, grad_accum=2)
+  kit_lib.assert_same_update(full, accum)
   # Not vacuous: the update moved the parameters.
   init = setup_lib.build_model(cfg, tasks_lib.get_task(cfg))
   kernel = "['classifier']['kernel']"
@@ -441,15 +309,15 @@ def test_freeze_params_keeps_the_table_fixed_and_trains_the_rest():
 
 def test_unknown_task_and_config_argument():
   with pytest.raises(ValueError, match="unknown GLUE task 'foo'"):
-    glue_config.get_config("task=foo")
+    kit_lib.config("glue", "task=foo")
   cfg = runlocal()
   cfg.task = "foo"
   with pytest.raises(ValueError, match="unknown task 'foo'"):
     tasks_lib.get_task(cfg)
   with pytest.raises(ValueError, match="unknown config argument 'bogus'"):
-    glue_config.get_config("task=sst2,bogus=1")
+    kit_lib.config("glue", "task=sst2,bogus=1")
   with pytest.raises(ValueError, match="runlocal"):
-    glue_config.get_config("task=sst2,runlocal=maybe")
+    kit_lib.config("glue", "task=sst2,runlocal=maybe")
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -499,7 +367,6 @@ def test_missing_data_names_what_to_set(tmp_path, monkeypatch):
   assert "train.tsv" in str(e.value)
 
 
-@needs_tfds
 def test_mismatched_workdir_refused_and_untouched(sst2_run):
   _, wd, _ = sst2_run
   before = tree_digest(wd / "checkpoints", wd / ckpt_lib.RUN_FILE)
@@ -544,8 +411,7 @@ def test_over_long_text_is_truncated_and_counted(tmp_path, caplog):
 # divergence
 
 
-@needs_tfds
-def test_nan_fails_fast_without_saving_the_bad_state(tmp_path):
+def test_nan_fails_fast_without_saving_the_bad_state(tmp_path, tfds_dir):
   cfg = runlocal(learning_rate=1e6, num_train_steps=6, eval_every_steps=1,
                  keep_checkpoints=10, data__bucket_boundaries=(64,))
   with pytest.raises(FloatingPointError, match=r"diverged at step (\d+)") as e:
@@ -566,7 +432,6 @@ def test_nan_fails_fast_without_saving_the_bad_state(tmp_path):
 # eval and predict
 
 
-@needs_tfds
 def test_predict_and_eval_modes(sst2_run):
   cfg, wd, result = sst2_run
   cfg = cfg.copy_and_resolve_references()

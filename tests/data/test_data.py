@@ -11,17 +11,12 @@ import pytest
 
 from squeezebert.data import batching, glue, tokenizer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get("SQUEEZEBERT_SHARED", REPO.parent / "shared"))
-TFDS_DIR = SHARED / "tensorflow_datasets"
-GLUE_TSV = SHARED / "data" / "glue"
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def data_dirs():
-  if not (TFDS_DIR / "glue").is_dir() or not GLUE_TSV.is_dir():
-    pytest.skip(f"shared GLUE data not found under {SHARED}")
-  return str(TFDS_DIR), str(GLUE_TSV)
+def data_dirs(tfds_dir, glue_dir):
+  return str(tfds_dir), str(glue_dir)
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +134,9 @@ def test_task_table():
 
 
 def test_label_order_matches_tfds(data_dirs):
+  tfds_dir = pathlib.Path(data_dirs[0])
   for name, spec in glue.TASKS.items():
-    f = TFDS_DIR / "glue" / name / "2.0.0" / "label.labels.txt"
+    f = tfds_dir / "glue" / name / "2.0.0" / "label.labels.txt"
     if f.exists():
       assert tuple(f.read_text().split()) == spec.label_names, name
 

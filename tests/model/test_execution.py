@@ -9,6 +9,7 @@ from flax import nnx
 
 from squeezebert.model import build_model, get_config
 from squeezebert.model.layers import resolve_attention_impl
+from conftest import jitted
 from squeezebert.bench import train as train_bench
 from squeezebert.train import optim, steps as steps_lib, trainer
 
@@ -33,11 +34,12 @@ def _model(layout="einsum", **kw):
 def _grads(model, inputs, key):
   ids, mask, types = inputs
 
-  def loss(m):
-    out = m(ids, mask, types, rngs=key)  # dropout on (hidden and attention, rate 0.1)
+  def loss(m, k):
+    out = m(ids, mask, types, rngs=k)  # dropout on (hidden and attention, rate 0.1)
     return jnp.sum(out.logits ** 2) + jnp.sum(out.last_hidden_state[:, :3] ** 2)
 
-  return jax.tree.leaves(nnx.state(nnx.grad(loss)(model), nnx.Param))
+  return jax.tree.leaves(jitted(lambda m, k: nnx.state(nnx.grad(loss)(m, k), nnx.Param),
+                                model, key))
 
 
 def _max_diff(a, b):

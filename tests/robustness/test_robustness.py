@@ -69,10 +69,8 @@ def test_noise_structure_and_errors():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tfds_dir):
   """A tiny SST-2 classifier trained until it fits its 64 training sentences."""
-  if not os.environ.get("TFDS_DATA_DIR") and not os.environ.get("GLUE_DIR"):
-    pytest.skip("needs GLUE data")
   from experiments import common  # noqa: PLC0415
   from squeezebert.train import trainer  # noqa: PLC0415
   config = common.load_glue_config("task=sst2,runlocal=True")
@@ -81,9 +79,6 @@ def trained(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("rob") / "run")
   final = trainer.train_and_evaluate(config, wd)
   return wd, config, final
-
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_hotflip_increases_loss(trained):

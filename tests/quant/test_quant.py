@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import qwix
 from flax import nnx
-from test_train import compile_cache, needs_tfds, runlocal  # noqa: F401 (autouse fixture)
+from conftest import jitted, needs_tfds, runlocal
 
 from squeezebert import load
 from squeezebert import bench, convert, quant
 from squeezebert.model import SqueezeBert, get_config
 from squeezebert.model.layers import GroupedProjection
+from squeezebert.model import fake_quant as fake_quant_lib
 from squeezebert.quant import QuantConfig, fake
 from squeezebert.quant import core as quant_core
 from squeezebert import workdir as ckpt_lib
@@ -145,7 +146,7 @@ def test_qat_forward_matches_fake_quant_oracle(weight_bits, act_bits, monkeypatc
   from qwix._src.core import numerics
   monkeypatch.setattr(numerics, "get_symmetric_bound",
                       lambda qtype: float(jnp.iinfo(qtype).max) - 0.25)
-  monkeypatch.setattr(fake, "bound", lambda bits: 2.0 ** (bits - 1) - 1.25)
+  monkeypatch.setattr(fake_quant_lib, "bound", lambda bits: 2.0 ** (bits - 1) - 1.25)
   for jit in (False, True):
     qat, oracle = both(jit)
     assert max_diff(qat, oracle) < 2e-6
@@ -157,11 +158,12 @@ def test_qat_gradients_are_straight_through_and_match_oracle():
   labels = jnp.asarray([0, 2, 1])
   qcfg = QuantConfig(mode="qat")
 
+  def loss(m):
+    logits = m(*x, deterministic=True).logits
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
   def grads(m):
-    def loss(m):
-      logits = m(*x, deterministic=True).logits
-      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-    return nnx.grad(loss)(m)
+    return jax.tree.map(np.asarray, jitted(lambda mm: nnx.grad(loss)(mm), m))
 
   g_qat = jax.tree.leaves(grads(quant.quantize_for_training(model, qcfg)))
   g_orc = jax.tree.leaves(grads(quant.quantize_for_training(model, qcfg, oracle=True)))

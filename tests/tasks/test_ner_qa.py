@@ -4,7 +4,7 @@ data sources, bad-input errors, and one-step end-to-end runs through the trainer
 """
 
 import collections
-import importlib.util
+import os
 import json
 import pathlib
 import random
@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import config, read_jsonl
 from squeezebert import load
 from squeezebert.metrics import ner as metrics_ner, squad as metrics_squad
 from squeezebert.data import conll, squad
@@ -23,27 +24,15 @@ from squeezebert import workdir as ckpt_lib
 from squeezebert import tasks as tasks_lib
 from squeezebert.train import trainer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TFDS_DIR = SHARED / "tensorflow_datasets"
-CONLL_DIR = SHARED / "data" / "conll2003"
-SQUAD_DIR = SHARED / "data" / "squad"
-needs_conll_tfds = pytest.mark.skipif(not (TFDS_DIR / "conll2003").is_dir(),
-                                      reason=f"no TFDS conll2003 under {TFDS_DIR}")
-needs_conll_raw = pytest.mark.skipif(not (CONLL_DIR / "valid.txt").is_file(),
-                                     reason=f"no raw CoNLL-2003 files under {CONLL_DIR}")
-needs_squad = pytest.mark.skipif(not (SQUAD_DIR / "dev-v1.1.json").is_file(),
-                                 reason=f"no dev-v1.1.json under {SQUAD_DIR}")
-
-
-def _load_config(name):
-  spec = importlib.util.spec_from_file_location(f"{name}_config", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-ner_config, squad_config = _load_config("ner"), _load_config("squad")
+REPO = pathlib.Path(__file__).resolve().parents[2]
+# The data directories (conftest.py: from the environment, as .ci/run sets it); the marks
+# skip, or in CI fail, a test whose data is missing.
+TFDS_DIR = pathlib.Path(os.environ.get("TFDS_DATA_DIR", "/nonexistent"))
+CONLL_DIR = pathlib.Path(os.environ.get("CONLL2003_DIR", "/nonexistent"))
+SQUAD_DIR = pathlib.Path(os.environ.get("SQUAD_DIR", "/nonexistent"))
+needs_conll_tfds = pytest.mark.usefixtures("tfds_dir")
+needs_conll_raw = pytest.mark.usefixtures("conll_dir")
+needs_squad = pytest.mark.usefixtures("squad_dir")
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +41,8 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def dev_examples():
-  if not (SQUAD_DIR / "dev-v1.1.json").is_file():
-    pytest.skip(f"no dev-v1.1.json under {SQUAD_DIR}")
-  return squad.load_examples("validation", source="file", squad_dir=str(SQUAD_DIR))
+def dev_examples(squad_dir):
+  return squad.load_examples("validation", source="file", squad_dir=str(squad_dir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +469,7 @@ def test_split_by_article(dev_examples):
 def test_windows_cover_every_dev_answer(tok, dev_examples, max_len):
   """Every gold answer (all of them, not just the first) of the real dev set lies whole in at
   least one window, and its labelled span cuts it from the context."""
-  d = squad_config.get_config("").data
+  d = config("squad").data
   feats = squad.featurize(tok, dev_examples, max_len, d.doc_stride, d.max_query_len)
   by_ex = collections.defaultdict(list)
   for f, xi in enumerate(feats.example):
@@ -502,34 +489,8 @@ def test_windows_cover_every_dev_answer(tok, dev_examples, max_len):
 # end to end through the trainer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """Fast CPU compiles for this module (as in test_train.py); restores JAX's settings."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  names = ("jax_disable_most_optimizations", "jax_compilation_cache_dir",
-           "jax_persistent_cache_min_compile_time_secs")
-  old = {n: jax.config.values[n] for n in names}
-  jax.config.update("jax_disable_most_optimizations", True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield path
-  for n, v in old.items():
-    jax.config.update(n, v)
-  cc.reset_cache()
-
-
-def _cfg(module, arg="runlocal=True", **overrides):
-  cfg = module.get_config(arg)
-  for key, value in overrides.items():
-    node, _, name = key.rpartition("__")
-    (cfg[node] if node else cfg)[name] = value
-  return cfg
-
-
-def _read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f]
+def _cfg(name, arg="runlocal=True", **overrides):
+  return config(name, arg, **overrides)
 
 
 @needs_conll_raw
@@ -537,7 +498,7 @@ def test_ner_end_to_end(tmp_path):
   """The raw-file fallback of source='auto' (no TFDS copy under the data dir); the TFDS path
   gives the same sentences (test_conll_tfds_and_raw_files_agree) and is 10x slower to read."""
   (tmp_path / "no_tfds").mkdir()
-  cfg = _cfg(ner_config, num_train_steps=2, data__tfds_data_dir=str(tmp_path / "no_tfds"),
+  cfg = _cfg("ner", num_train_steps=2, data__tfds_data_dir=str(tmp_path / "no_tfds"),
              data__conll_dir=str(CONLL_DIR),
              data__bucket_boundaries=(64,))  # one shape: one compile of each step
   tmp_path = tmp_path / "wd"
@@ -548,7 +509,7 @@ def test_ner_end_to_end(tmp_path):
   assert result["step"] == 2 and result["best_step"] == 2
   run = ckpt_lib.read_run_file(tmp_path)
   assert run["head"] == "token" and run["num_labels"] == 9 and run["best_metric"] == "f1"
-  train = [l for l in _read_jsonl(tmp_path / "metrics.jsonl") if l["split"] == "train"]
+  train = [l for l in read_jsonl(tmp_path / "metrics.jsonl") if l["split"] == "train"]
   assert [l["step"] for l in train] == [1, 2]
   assert all(np.isfinite(l["loss"]) and 0 <= l["accuracy"] <= 1 for l in train)
   # predict: word-level predictions of the (limited) test split, conlleval layout
@@ -567,7 +528,7 @@ def test_ner_end_to_end(tmp_path):
 
 @needs_squad
 def test_squad_end_to_end(tmp_path):
-  cfg = _cfg(squad_config, num_train_steps=2, data__squad_dir=str(SQUAD_DIR),
+  cfg = _cfg("squad", num_train_steps=2, data__squad_dir=str(SQUAD_DIR),
              data__tfds_data_dir=str(tmp_path / "no_tfds"))
   (tmp_path / "no_tfds").mkdir()
   result = trainer.train_and_evaluate(cfg, str(tmp_path / "wd"))
@@ -575,7 +536,7 @@ def test_squad_end_to_end(tmp_path):
   assert result["num_questions"] == cfg.data.eval_limit and result["num_unanswered"] == 0
   run = ckpt_lib.read_run_file(tmp_path / "wd")
   assert run["head"] == "qa" and run["best_metric"] == "f1"
-  train = [l for l in _read_jsonl(tmp_path / "wd" / "metrics.jsonl") if l["split"] == "train"]
+  train = [l for l in read_jsonl(tmp_path / "wd" / "metrics.jsonl") if l["split"] == "train"]
   assert [l["step"] for l in train] == [1, 2] and all(np.isfinite(l["loss"]) for l in train)
   task = tasks_lib.get_task(cfg)
   assert (task.train_split, task.eval_splits) == ("dev_train", ("dev_heldout",))
@@ -593,23 +554,23 @@ def test_squad_end_to_end(tmp_path):
 
 
 def test_unknown_task_and_bad_task_config(tmp_path):
-  cfg = _cfg(ner_config)
+  cfg = _cfg("ner")
   cfg.task = "ner"
   with pytest.raises(ValueError, match=r"unknown task 'ner'; known: .*conll2003.*squad"):
     tasks_lib.get_task(cfg)
   with pytest.raises(ValueError, match="conll2003 has no split 'validation'"):
-    tasks_lib.get_task(_cfg(ner_config, data__eval_splits=("validation",)))
+    tasks_lib.get_task(_cfg("ner", data__eval_splits=("validation",)))
   with pytest.raises(ValueError, match="unknown config argument 'task'"):
-    ner_config.get_config("task=sst2")
+    config("ner", "task=sst2")
   with pytest.raises(ValueError, match="squad_train_articles must be >= 0"):
-    tasks_lib.get_task(_cfg(squad_config, data__squad_train_articles=-1.0))
+    tasks_lib.get_task(_cfg("squad", data__squad_train_articles=-1.0))
   with pytest.raises(ValueError, match="doc_stride must be >= 1"):
-    tasks_lib.get_task(_cfg(squad_config, data__doc_stride=0))
+    tasks_lib.get_task(_cfg("squad", data__doc_stride=0))
 
 
 @needs_squad
 def test_squad_too_many_training_articles(tmp_path):
-  cfg = _cfg(squad_config, "runlocal=True,train_articles=48", data__squad_dir=str(SQUAD_DIR),
+  cfg = _cfg("squad", "runlocal=True,train_articles=48", data__squad_dir=str(SQUAD_DIR),
              data__source="tsv")
   with pytest.raises(ValueError, match="48 training articles of 48"):
     trainer.train_and_evaluate(cfg, str(tmp_path))
@@ -622,12 +583,12 @@ def test_missing_data_names_what_to_set(tmp_path, monkeypatch):
   for var in ("CONLL2003_DIR", "SQUAD_DIR"):
     monkeypatch.delenv(var, raising=False)
   with pytest.raises(FileNotFoundError, match=r"config\.data\.conll_dir") as e:
-    trainer.train_and_evaluate(_cfg(ner_config), str(tmp_path / "wd"))
+    trainer.train_and_evaluate(_cfg("ner"), str(tmp_path / "wd"))
   assert "TFDS_DATA_DIR" in str(e.value) and "CONLL2003_DIR" in str(e.value)
   with pytest.raises(FileNotFoundError, match=r"config\.data\.squad_dir") as e:
-    trainer.train_and_evaluate(_cfg(squad_config), str(tmp_path / "wd2"))
+    trainer.train_and_evaluate(_cfg("squad"), str(tmp_path / "wd2"))
   assert "SQUAD_DIR" in str(e.value) and "dev-v1.1.json" in str(e.value)
   # the official protocol without the train file names it
   with pytest.raises(FileNotFoundError, match="train-v1.1.json"):
-    tasks_lib.get_task(_cfg(squad_config, "runlocal=True,train_articles=0",
+    tasks_lib.get_task(_cfg("squad", "runlocal=True,train_articles=0",
                             data__squad_dir=str(empty))).load("train")

@@ -2,7 +2,6 @@
 LAMB + accumulation, an end-to-end runlocal pretraining run exported to HF's
 SqueezeBertForMaskedLM."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -24,19 +23,11 @@ from squeezebert.model import SqueezeBert, get_config
 from squeezebert.tasks import masking
 from squeezebert.train import trainer
 
-from test_train import (_assert_same_update, _batch, _one_step, compile_cache,  # noqa: F401
-                        read_jsonl, runlocal)
+from conftest import assert_same_update, config, one_step, random_batch, read_jsonl, runlocal
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
          "every unbelievably gnarled juniper tree near Hampshire").split()
-
-
-def _load_config(name):
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _prose(rng, n_sent):
@@ -243,10 +234,10 @@ def test_masked_position_logits_equal_full_logits():
 def test_lamb_accumulation_matches_full_batch():
   cfg = runlocal(optimizer="lamb", model__hidden_dropout_prob=0.0,
                  model__attention_probs_dropout_prob=0.0)
-  batch, mesh = _batch(seed=2), Mesh()
-  full = _one_step(cfg, mesh, batch, grad_accum=1)
-  _assert_same_update(full, _one_step(cfg, mesh, batch, grad_accum=4))
-  adamw = _one_step(runlocal(model__hidden_dropout_prob=0.0,
+  batch, mesh = random_batch(seed=2), Mesh()
+  full = one_step(cfg, mesh, batch, grad_accum=1)
+  assert_same_update(full, one_step(cfg, mesh, batch, grad_accum=4))
+  adamw = one_step(runlocal(model__hidden_dropout_prob=0.0,
                              model__attention_probs_dropout_prob=0.0), mesh, batch)
   k = "['classifier']['kernel']"
   assert not np.allclose(full[1][k], adamw[1][k])  # LAMB's trust ratio really changes the step
@@ -255,7 +246,7 @@ def test_lamb_accumulation_matches_full_batch():
 # ------------------------------------------------------------------------------- end to end
 
 def _pretrain_cfg(corpus_dir, tmp_path, **over):
-  cfg = _load_config("pretrain").get_config("recipe=runlocal")
+  cfg = config("pretrain", "recipe=runlocal")
   cfg.data.corpus_dir = str(corpus_dir)
   cfg.data.tfds_data_dir = str(tmp_path / "tfds")
   for k, v in over.items():
@@ -304,7 +295,7 @@ def test_pretrain_bad_config(corpus_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="corpus_dir"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "w2"))
   with pytest.raises(ValueError, match="recipe"):
-    _load_config("pretrain").get_config("recipe=huge")
+    config("pretrain", "recipe=huge")
 
 
 def test_pretrain_hidden_state_distillation_from_a_plain_encoder(corpus_dir, tmp_path):

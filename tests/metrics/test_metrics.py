@@ -5,7 +5,8 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
-from squeezebert.tasks import glue as metrics
+from squeezebert.metrics import glue as metrics
+from squeezebert.tasks import glue as glue_task
 
 # TP=3 (rows 0, 3, 5), FP=1 (row 2), FN=1 (row 4), TN=1 (row 1).
 P = np.array([1, 0, 1, 1, 0, 1])
@@ -51,16 +52,16 @@ def test_against_sklearn_scipy_with_padding_weights():
 
 
 def test_glue_metrics():
-  out = metrics.glue_metrics("mrpc", P, Y)
+  out = glue_task.glue_metrics("mrpc", P, Y)
   assert out == pytest.approx({"f1": 0.75, "accuracy": 4 / 6, "combined": (0.75 + 4 / 6) / 2})
   logits = np.stack([1 - P, P], -1).astype(np.float32)  # [N, 2] logits -> argmax
-  assert metrics.glue_metrics("mrpc", logits, Y) == out
-  assert set(metrics.glue_metrics("cola", P, Y)) == {"matthews_corrcoef", "combined"}
-  assert set(metrics.glue_metrics("sst2", P, Y)) == {"accuracy", "combined"}
+  assert glue_task.glue_metrics("mrpc", logits, Y) == out
+  assert set(glue_task.glue_metrics("cola", P, Y)) == {"matthews_corrcoef", "combined"}
+  assert set(glue_task.glue_metrics("sst2", P, Y)) == {"accuracy", "combined"}
   s = np.array([[0.5], [1.0], [4.0]])  # [N, 1] regression outputs
-  out = metrics.glue_metrics("stsb", s, [1.0, 2.0, 3.0], weights=[1, 1, 1])
+  out = glue_task.glue_metrics("stsb", s, [1.0, 2.0, 3.0], weights=[1, 1, 1])
   assert set(out) == {"pearson", "spearman", "combined"} and out["spearman"] == pytest.approx(1.0)
-  mnli = metrics.glue_metrics("mnli", [0, 1, 2, 2], [0, 1, 2, 0], weights=[1, 1, 1, 0])
+  mnli = glue_task.glue_metrics("mnli", [0, 1, 2, 2], [0, 1, 2, 0], weights=[1, 1, 1, 0])
   assert mnli == {"accuracy": 1.0, "combined": 1.0}
 
 
@@ -70,22 +71,22 @@ def _read(path):
 
 
 def test_write_glue_submission(tmp_path):
-  path = metrics.write_glue_submission("rte", [2, 0, 1], [1, 0, 1], tmp_path)
+  path = glue_task.write_glue_submission("rte", [2, 0, 1], [1, 0, 1], tmp_path)
   assert path.endswith("RTE.tsv")
   assert _read(path) == [["index", "prediction"], ["0", "entailment"], ["1", "not_entailment"],
                          ["2", "not_entailment"]]
-  path = metrics.write_glue_submission("cola", [1, 0], np.array([[0.1, 0.9], [0.8, 0.2]]), tmp_path)
+  path = glue_task.write_glue_submission("cola", [1, 0], np.array([[0.1, 0.9], [0.8, 0.2]]), tmp_path)
   assert path.endswith("CoLA.tsv") and _read(path)[1:] == [["0", "0"], ["1", "1"]]
-  path = metrics.write_glue_submission("stsb", [0, 1, 2], [-0.3, 2.34567, 5.7], tmp_path)
+  path = glue_task.write_glue_submission("stsb", [0, 1, 2], [-0.3, 2.34567, 5.7], tmp_path)
   assert path.endswith("STS-B.tsv") and _read(path)[1:] == [["0", "0.000"], ["1", "2.346"],
                                                               ["2", "5.000"]]
   with pytest.raises(ValueError, match="test_matched"):
-    metrics.write_glue_submission("mnli", [0], [0], tmp_path)
-  path = metrics.write_glue_submission("mnli", [0, 1], [2, 1], tmp_path, split="test_mismatched")
+    glue_task.write_glue_submission("mnli", [0], [0], tmp_path)
+  path = glue_task.write_glue_submission("mnli", [0, 1], [2, 1], tmp_path, split="test_mismatched")
   assert path.endswith("MNLI-mm.tsv") and _read(path)[1:] == [["0", "contradiction"],
                                                               ["1", "neutral"]]
-  path = metrics.write_glue_submission("ax", [0], [0], tmp_path)
+  path = glue_task.write_glue_submission("ax", [0], [0], tmp_path)
   assert path.endswith("AX.tsv") and _read(path)[1] == ["0", "entailment"]
-  assert _read(metrics.write_glue_submission("wnli", [0], [1], tmp_path))[1] == ["0", "1"]
+  assert _read(glue_task.write_glue_submission("wnli", [0], [1], tmp_path))[1] == ["0", "1"]
   with pytest.raises(ValueError, match="duplicate"):
-    metrics.write_glue_submission("sst2", [0, -1, -1], [1, 0, 0], tmp_path)
+    glue_task.write_glue_submission("sst2", [0, -1, -1], [1, 0, 0], tmp_path)

@@ -16,7 +16,9 @@ from squeezebert.model import SqueezeBert, get_config
 from squeezebert.model.model import ModelOutput
 from squeezebert.train import distill, trainer
 
-from test_train import compile_cache, needs_tfds, read_jsonl, runlocal  # noqa: F401
+from conftest import needs_tfds, random_batch, read_jsonl, runlocal
+from squeezebert import tasks
+from squeezebert.train import optim, setup, steps
 
 
 def _np_kd(s, t, temp):
@@ -239,32 +241,36 @@ def test_augmented_copy_doubles_the_batch_and_keeps_weights():
     distill.with_augmented_copy(batch)
 
 
-@needs_tfds
-def test_distillation_with_augmentation(teacher_dir, tmp_path):
-  """Without dropout, step 1's task loss (the first B rows of the 2B-row forward) equals the
-  plain run's; with a vanishing augment_prob the copy is the batch itself, so the KD term is
-  unchanged too; at 0.3 the KD term averages in corrupted copies and moves."""
-  def first_train_row(name, **kw):
-    cfg = runlocal(distill__teacher=str(teacher_dir), distill__alpha=0.6,
-                   model__hidden_dropout_prob=0.0, model__attention_probs_dropout_prob=0.0,
-                   num_train_steps=2, eval_every_steps=2, **kw)
-    result = trainer.train_and_evaluate(cfg, str(tmp_path / name))
-    assert np.isfinite(result["accuracy"])
-    rows = [r for r in read_jsonl(tmp_path / name / "metrics.jsonl") if r["split"] == "train"]
-    for r in rows:
-      assert r["loss"] == pytest.approx(0.4 * r["task_loss"] + 0.6 * r["kd_loss"], rel=1e-4)
-    return rows[0]
+def test_distillation_with_augmentation(teacher_dir):
+  """The trainer's step on one batch, no dropout: the task loss reads only the first B rows of
+  the (1 + copies) B-row forward, so it equals the plain step's; with a vanishing
+  augment_prob the copies are the batch itself, so the KD term is unchanged too; at 0.3 it
+  averages in corrupted copies and moves (and moves again with 3 copies)."""
+  cfg = runlocal(distill__teacher=str(teacher_dir), distill__alpha=0.6,
+                 model__hidden_dropout_prob=0.0, model__attention_probs_dropout_prob=0.0)
+  task = tasks.get_task(cfg)
+  model = setup.build_model(cfg, task)
+  teacher = setup.load_teacher(cfg, task, model)
+  tx, lr = optim.make_tx(cfg, 4, 0)
+  graphdef, state = nnx.split((model, optim.make_optimizer(model, tx)))
+  batch = {k: jnp.asarray(v) for k, v in random_batch(8, 16, seed=3).items()}
 
-  plain = first_train_row("plain")
-  same = first_train_row("tiny", distill__augment_prob=1e-9)
-  aug = first_train_row("aug", distill__augment_prob=0.3)
+  def first_step(prob=0.0, copies=1):
+    cfg.distill.augment_prob, cfg.distill.augment_copies = prob, copies
+    step = steps.make_train_step(graphdef, task, lr, teacher=teacher,
+                                 distill_cfg=setup.distill_config(cfg))
+    _, m = step(jax.tree.map(jnp.copy, state), batch, jax.random.key(0), 0, teacher.state)
+    m = {k: float(v) for k, v in m.items()}
+    assert m["loss"] == pytest.approx(0.4 * m["task_loss"] + 0.6 * m["kd_loss"], rel=1e-4)
+    return m
+
+  plain, same, aug = first_step(), first_step(1e-9), first_step(0.3)
   assert same["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
   assert same["kd_loss"] == pytest.approx(plain["kd_loss"], rel=1e-5)
   assert aug["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
   assert aug["kd_loss"] != pytest.approx(plain["kd_loss"], rel=1e-3)
   # Three copies: (1 + 3) B rows; the task loss still reads only the first B.
-  same3 = first_train_row("tiny3", distill__augment_prob=1e-9, distill__augment_copies=3)
-  aug3 = first_train_row("aug3", distill__augment_prob=0.3, distill__augment_copies=3)
+  same3, aug3 = first_step(1e-9, 3), first_step(0.3, 3)
   assert same3["kd_loss"] == pytest.approx(plain["kd_loss"], rel=1e-5)
   assert aug3["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
   assert aug3["kd_loss"] != pytest.approx(aug["kd_loss"], rel=1e-3)

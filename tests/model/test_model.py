@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 import squeezebert
+from conftest import jitted
 from squeezebert.convert import names
 from squeezebert.model import (ModelConfig, SqueezeBert, build_model, get_config, param_count,
                                with_execution)
@@ -173,8 +174,9 @@ def test_grouped_layouts_agree():
   for layout in ("einsum", "split"):
     m = with_execution(model, grouped_layout=layout)
     assert m.config.grouped_layout == layout and model.config.grouped_layout == "auto"
-    outs[layout] = m(ids, mask, deterministic=True)
-    grads[layout] = nnx.grad(lambda mm: mm(ids, mask, deterministic=True).logits.sum())(m)
+    outs[layout] = jitted(lambda mm: mm(ids, mask, deterministic=True), m)
+    grads[layout] = jitted(
+        lambda mm: nnx.grad(lambda m3: m3(ids, mask, deterministic=True).logits.sum())(mm), m)
   for k in ("last_hidden_state", "pooler_output", "logits"):
     np.testing.assert_allclose(getattr(outs["split"], k), getattr(outs["einsum"], k),
                                atol=1e-5, rtol=0)
@@ -242,7 +244,7 @@ def test_padding_gradient_is_zero(tiny_model):
     return (jnp.sum(out.last_hidden_state * m[..., None] * jnp.cos(out.last_hidden_state))
             + jnp.sum(out.pooler_output))
 
-  grads = nnx.grad(loss)(tiny_model)
+  grads = jitted(lambda mm: nnx.grad(loss)(mm), tiny_model)
   g_word = np.asarray(grads["transformer"]["embeddings"]["word_embeddings"][...])
   assert np.abs(g_word[pad_ids]).max() < 1e-12
   assert np.abs(g_word[ids[1, :5]]).max() > 1e-4  # real tokens do get gradient
@@ -328,8 +330,9 @@ def test_batch_chunked_inference_matches_whole_batch():
   assert whole_model.transformer.chunk_size(64) == 0
   ids = jax.random.randint(jax.random.key(0), (16, 9), 0, cfg.vocab_size)
   mask = jnp.ones_like(ids).at[3, 5:].set(0)
-  fn = lambda m: m(ids, mask, deterministic=True, output_hidden_states=True)
-  grad = lambda m: nnx.grad(lambda mm: fn(mm).logits.sum())(m)
+  call = lambda m: m(ids, mask, deterministic=True, output_hidden_states=True)
+  fn = lambda m: jitted(call, m)
+  grad = lambda m: jitted(lambda mm: nnx.grad(lambda m3: call(m3).logits.sum())(mm), m)
   whole, g_whole = fn(whole_model), grad(whole_model)
   chunked_model = plan(batch_chunk=8)
   chunked, g_chunked = fn(chunked_model), grad(chunked_model)
