@@ -45,6 +45,8 @@ def get_config(arg=None):
   c = common.base_train_config()
   c.task = a.task
   c.model.variant = a.variant
+  if a.variant == "tiny":  # the preset's 128-token vocab is for model unit tests
+    c.model.vocab_size = 30522
   c.init_from = a.init_from
   c.dtype = a.dtype
   for k, v in TASK_DEFAULTS[a.task].items():
@@ -58,5 +60,5 @@ def get_config(arg=None):
     c.distill.alpha = 0.5
     c.distill.temperature = 2.0
   if a.runlocal:
-    common.apply_runlocal(c, a.init_from)
+    common.apply_runlocal(c, a.init_from, keep_variant=common.given(arg, "variant"))
   return c

@@ -32,6 +32,8 @@ def get_config(arg=None):
   c = common.base_train_config()
   c.task = "conll2003"
   c.model.variant = a.variant
+  if a.variant == "tiny":  # the preset's 128-token vocab is for model unit tests
+    c.model.vocab_size = 30522
   c.init_from = a.init_from
   c.dtype = a.dtype
   c.num_epochs = 3.0
@@ -43,5 +45,5 @@ def get_config(arg=None):
   c.data.max_len = 192
   c.data.bucket_boundaries = (16, 32, 64, 128, 192)  # median sentence: 15 WordPieces
   if a.runlocal:
-    common.apply_runlocal(c, a.init_from)
+    common.apply_runlocal(c, a.init_from, keep_variant=common.given(arg, "variant"))
   return c

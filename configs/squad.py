@@ -48,6 +48,8 @@ def get_config(arg=None):
   c = common.base_train_config()
   c.task = "squad"
   c.model.variant = a.variant
+  if a.variant == "tiny":  # the preset's 128-token vocab is for model unit tests
+    c.model.vocab_size = 30522
   c.init_from = a.init_from
   c.dtype = a.dtype
   c.num_epochs = 2.0
@@ -62,6 +64,6 @@ def get_config(arg=None):
   c.data.max_answer_len = 30
   c.data.n_best_size = 20
   if a.runlocal:
-    common.apply_runlocal(c, a.init_from, bucket_boundaries=(64,), doc_stride=16,
-                          max_query_len=24)
+    common.apply_runlocal(c, a.init_from, keep_variant=common.given(arg, "variant"),
+                          bucket_boundaries=(64,), doc_stride=16, max_query_len=24)
   return c

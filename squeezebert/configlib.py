@@ -69,6 +69,7 @@ def base_train_config() -> ml_collections.ConfigDict:
   for name, typ in {**MODEL_VARIANT_FIELDS, **MODEL_EXECUTION_FIELDS}.items():
     c.model[name] = config_dict.placeholder(typ)
   c.init_from = ""                # "" (scratch) | HF dir | our model dir | a training workdir
+  c.init_from_checkpoint = "best" # init_from=<workdir>: best (by its task metric) | latest | step
   c.init_layers = ""              # with init_from and model.num_hidden_layers = n: take n of its
                                   #   layers: first_k | every_other (DistilBERT) | "0,2,4"
   c.reinit_params = ""            # with init_from: comma-separated parameter-path fragments
@@ -136,6 +137,8 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0          # 0 -> once per epoch
   c.checkpoint_every_steps = 0    # 0 -> at every eval
   c.keep_checkpoints = 2          # latest N kept, plus the best by the task metric
+  c.eval_checkpoint = "best"      # mode=eval|predict: best (by the task metric) | latest | step
+  c.allow_config_change = False   # resume a workdir although seed/batch/model/lr... changed
   c.progress_bar = True
   c.distributed = False           # call jax.distributed.initialize() (multi-host)
   c.stop_after_steps = 0          # >0: stop (as if preempted) after this many steps this run
@@ -161,13 +164,21 @@ def model_overrides(model_cfg) -> dict:
   return {k: model_cfg[k] for k in names if k in model_cfg and model_cfg[k] is not None}
 
 
-def apply_runlocal(c: ml_collections.ConfigDict, init_from: str = "", **data) -> None:
-  """The tiny smoke-run sizes every config's `runlocal=True` uses (tests run them): the tiny
-  model with the real WordPiece vocab unless a checkpoint is given, 4 steps of batch 8 on
-  64 training examples, evals on 32, length 64. `data`: extra config.data fields."""
-  if not init_from:
+def given(arg: str | None, key: str) -> bool:
+  """Whether the config argument string sets `key` explicitly ("variant=..." in it)."""
+  return any(item.partition("=")[0] == key for item in (arg or "").split(","))
+
+
+def apply_runlocal(c: ml_collections.ConfigDict, init_from: str = "", keep_variant: bool = False,
+                   **data) -> None:
+  """The tiny smoke-run sizes every config's `runlocal=True` uses (tests run them): 4 steps of
+  batch 8 on 64 training examples, evals on 32, length 64; the tiny model with the real
+  WordPiece vocab unless a checkpoint or (keep_variant) an explicit variant is given.
+  `data`: extra config.data fields."""
+  if not init_from and not keep_variant:
     c.model.variant = "tiny"
-    c.model.vocab_size = 30522  # the real WordPiece vocab
+  if not init_from and c.model.variant == "tiny":
+    c.model.vocab_size = 30522  # the real WordPiece vocab (the preset's 128 is for unit tests)
   c.batch_size = 8
   c.num_train_steps = 4
   c.eval_every_steps = 2

@@ -27,6 +27,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from squeezebert import cli
 from squeezebert.load import from_pretrained as load_model
 
 ARTIFACT = "model.jaxexport"
@@ -131,4 +132,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("batch", 0, "fixed batch size (0: symbolic)")
   flags.DEFINE_integer("seq", 0, "fixed sequence length (0: symbolic)")
   flags.DEFINE_bool("check", True, "compare exported vs in-process outputs; save check.npz")
-  app.run(main)
+  cli.run(main)

@@ -13,21 +13,24 @@ from __future__ import annotations
 import os
 
 from flax import nnx
+from flax.traverse_util import flatten_dict
 
 from squeezebert import workdir as workdir_lib
 from squeezebert.convert import hf, ours
 from squeezebert.model import ModelConfig, SqueezeBert
 from squeezebert.model import surgery
-from squeezebert.model.params import abstract_model, flat_params, load_params_into
+from squeezebert.model.params import (abstract_model, check_finite, flat_params, join_path,
+                                      load_params_into)
 from squeezebert.quant import core as quant_core
 from squeezebert.quant.config import QuantConfig
 
 
 def from_pretrained(path: str, head: str | None = None, num_labels: int | None = None,
-                    seed: int = 0, **config_overrides) -> SqueezeBert:
+                    seed: int = 0, step: int | str = "best", **config_overrides) -> SqueezeBert:
   """Load an HF directory, one of our model directories (float or int8), or a training
-  workdir. `head` / `num_labels` other than the checkpoint's keep the encoder and start a
-  fresh head; `config_overrides` replace ModelConfig fields (dtype, dropout, ...)."""
+  workdir (its checkpoint `step`: "best" by the task metric, "latest", or a number).
+  `head` / `num_labels` other than the checkpoint's keep the encoder and start a fresh head;
+  `config_overrides` replace ModelConfig fields (dtype, dropout, ...)."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f"from_pretrained: {path!r} is not a directory")
   if os.path.exists(os.path.join(path, quant_core.INT8_CONFIG)):
@@ -40,7 +43,7 @@ def from_pretrained(path: str, head: str | None = None, num_labels: int | None =
   if os.path.exists(os.path.join(path, "config.json")):
     return hf.from_hf(path, head, num_labels, seed, **config_overrides)
   if workdir_lib.is_workdir(path):
-    return load_workdir(path, head=head, num_labels=num_labels, seed=seed,
+    return load_workdir(path, head=head, num_labels=num_labels, seed=seed, step=step,
                         **config_overrides)
   raise FileNotFoundError(f"{path}: neither an HF checkpoint (config.json), one of ours "
                           f"({ours.OURS_CONFIG}) nor a training workdir with checkpoints")
@@ -53,16 +56,9 @@ def workdir_step(workdir: str, step: int | str = "best") -> int:
   ck = workdir_lib.Checkpoints(workdir, best_metric=run.get("best_metric"),
                                best_mode=run.get("best_mode", "max"), read_only=True)
   try:
-    steps = ck.mngr.all_steps()
-    if not steps:
+    if not ck.saved():
       raise FileNotFoundError(f"{workdir}: no checkpoint saved yet")
-    if step == "best":
-      return ck.best_step() or ck.latest_step()
-    if step == "latest":
-      return ck.latest_step()
-    if int(step) not in steps:
-      raise FileNotFoundError(f"{workdir}: no checkpoint at step {step} (saved: {sorted(steps)})")
-    return int(step)
+    return ck.step(step)
   finally:
     ck.close()
 
@@ -90,6 +86,8 @@ def load_workdir(workdir: str, head: str | None = None, num_labels: int | None =
     model_state, _, _ = ck.restore(step, nnx.state(saved))
   finally:
     ck.close()
+  check_finite({join_path(p): v for p, v in flatten_dict(nnx.to_pure_dict(model_state)).items()},
+               f"{workdir} checkpoint {step}")
   nnx.update(saved, model_state)
   if as_trained:
     return saved

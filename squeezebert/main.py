@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from squeezebert import cli  # noqa: E402
 from squeezebert.data import keep_tensorflow_off_accelerators  # noqa: E402
 from squeezebert.train.trainer import train_and_evaluate  # noqa: E402
 
@@ -30,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,6 +12,7 @@ import os
 
 from absl import app, flags
 
+from squeezebert import cli
 from squeezebert.bench import inference, train
 from squeezebert.model.config import ATTENTION_IMPLS, GROUPED_LAYOUTS, REMAT_POLICIES
 
@@ -98,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,14 +15,14 @@ import numpy as np
 from absl import logging
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from squeezebert.convert import names
 from squeezebert.convert.ours import OURS_CONFIG
 from squeezebert.convert.torch_zip import load_torch_bin
 from squeezebert.model import ModelConfig, SqueezeBert
-from squeezebert.model.params import (CheckpointMismatchError, abstract_model, materialize,
-                                      replace_params)
+from squeezebert.model.params import (CheckpointMismatchError, abstract_model, check_finite,
+                                      materialize, read_json, read_safetensors, replace_params)
 
 _HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
               "intermediate_size", "hidden_act", "hidden_dropout_prob",
@@ -72,7 +72,7 @@ def config_to_hf(cfg: ModelConfig, head: str, num_labels: int,
 def read_hf_weights(path: str) -> dict[str, np.ndarray]:
   st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
   if os.path.exists(st):
-    return load_file(st)
+    return read_safetensors(st)
   if os.path.exists(pt):
     return load_torch_bin(pt)
   raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
@@ -90,6 +90,7 @@ def load_hf_state(model: SqueezeBert, sd: dict[str, np.ndarray], seed: int = 0) 
   when the checkpoint has none, as HF BertForMaskedLM/TokenClassification/QA save). Raises
   CheckpointMismatchError listing every missing / unexpected / mis-shaped encoder key."""
   cfg = model.config
+  check_finite(sd, "HF checkpoint")
   sd = _strip_prefix(sd, names.base_prefix(cfg))
   params = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   entries = names.encoder_entries(cfg) + names.head_entries(model.head)
@@ -141,8 +142,7 @@ def load_hf_state(model: SqueezeBert, sd: dict[str, np.ndarray], seed: int = 0) 
 def from_hf(path: str, head: str | None = None, num_labels: int | None = None, seed: int = 0,
             **config_overrides) -> SqueezeBert:
   cfg_path = os.path.join(path, "config.json")
-  with open(cfg_path) as f:
-    hf = json.load(f)
+  hf = read_json(cfg_path)
   cfg = config_from_hf(hf, **config_overrides)
   arch = (hf.get("architectures") or [None])[0]
   hf_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 2)

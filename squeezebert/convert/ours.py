@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from squeezebert.model import ModelConfig, SqueezeBert
-from squeezebert.model.params import abstract_model, flat_params, load_params_into
+from squeezebert.model.params import (abstract_model, flat_params, load_params_into, read_json,
+                                      read_safetensors)
 
 OURS_CONFIG = "squeezebert_jax.json"
 
@@ -27,13 +28,12 @@ def save_pretrained(model: SqueezeBert, out_dir: str, extra: dict | None = None)
 
 def load_ours(path: str, head: str | None = None, num_labels: int | None = None,
               seed: int = 0, **config_overrides) -> SqueezeBert:
-  with open(os.path.join(path, OURS_CONFIG)) as f:
-    meta = json.load(f)
+  meta = read_json(os.path.join(path, OURS_CONFIG))
   cfg = ModelConfig(**{**meta["model"], **config_overrides})
   head = head or meta["head"]
   num_labels = num_labels or meta["num_labels"]
   model = abstract_model(cfg, head, num_labels, seed)
-  load_params_into(model, load_file(os.path.join(path, "model.safetensors")), source=path,
+  load_params_into(model, read_safetensors(os.path.join(path, "model.safetensors")), source=path,
                    seed=seed)
   return model
 

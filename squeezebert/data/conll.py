@@ -57,15 +57,22 @@ def read_conll_file(path: str) -> tuple[list[list[str]], list[list[str]]]:
       cur_w.clear()
       cur_t.clear()
 
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      line = line.rstrip("\r\n")
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8").rstrip("\r\n")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start} of the "
+                         "line)") from None
       if not line.strip() or line.startswith("-DOCSTART-"):
         flush()
         continue
       cols = line.split()
       if len(cols) < 2:
         raise ValueError(f"{path}:{n}: expected 'token ... NER-tag' columns, got {line!r}")
+      if cols[-1] not in LABEL_NAMES:
+        raise ValueError(f"{path}:{n}: unknown NER tag {cols[-1]!r}; expected one of "
+                         f"{LABEL_NAMES} (IOB1 or IOB2)")
       cur_w.append(cols[0])
       cur_t.append(cols[-1])
   flush()

@@ -14,6 +14,7 @@ import glob
 import os
 
 import numpy as np
+from absl import logging
 
 TFDS_DIR_ENV = "TFDS_DATA_DIR"
 GLUE_DIR_ENV = "GLUE_DIR"
@@ -144,6 +145,13 @@ def _read_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> dict:
   ds = tfds.load(spec.tfds_name, split=split, data_dir=data_dir, batch_size=-1)
   cols = tfds.as_numpy(ds)
   texts = [[t.decode("utf-8") for t in cols[k].tolist()] for k in spec.text_keys]
+  if not split.startswith("test") and not spec.is_regression:
+    bad = (cols["label"] < 0) | (cols["label"] >= spec.num_labels)
+    if bad.any():
+      i = int(np.argmax(bad))
+      raise ValueError(f"TFDS {spec.tfds_name}/{split} under {data_dir}: example idx "
+                       f"{int(cols['idx'][i])} has label {int(cols['label'][i])}, outside "
+                       f"[0, {spec.num_labels})")
   return _pack(spec, cols["idx"], texts, cols["label"])
 
 
@@ -159,15 +167,59 @@ def tsv_path(spec: TaskSpec, split: str, tsv_dir: str) -> str:
   return os.path.join(tsv_dir, spec.tsv_folder, fname)
 
 
+def _tsv_lines(path: str):
+  """(line number, text) of a UTF-8 file; a clear error naming the file and line on bad
+  bytes. utf-8-sig drops the BOM before MRPC's "Quality" header."""
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start} of the "
+                         "line)") from None
+
+
 def _read_tsv_rows(spec: TaskSpec, path: str, split: str):
-  """Yields dict rows like TFDS' glue builder (CoLA train/dev: headerless, 4 columns)."""
-  # utf-8-sig drops the BOM before MRPC's "Quality" header.
-  with open(path, encoding="utf-8-sig") as f:
-    if spec.name == "cola" and split != "test":
-      for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-        yield {"sentence": row[3], "is_acceptable": row[1]}
-    else:
-      yield from csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+  """Yields (line number, row dict) like TFDS' glue builder (CoLA train/dev: headerless, 4
+  columns). A header without the task's label column is an error."""
+  lines = _tsv_lines(path)
+  if spec.name == "cola" and split != "test":
+    for n, line in lines:
+      row = line.rstrip("\r\n").split("\t")
+      yield n, ({"sentence": row[3], "is_acceptable": row[1]} if len(row) >= 4 else {})
+    return
+  try:
+    _, header = next(lines)
+  except StopIteration:
+    raise ValueError(f"{path} is empty (expected a header row)") from None
+  names = header.rstrip("\r\n").split("\t")
+  missing = [c for c in spec.tsv_columns if c not in names]
+  if not split.startswith("test") and spec.tsv_label and spec.tsv_label not in names:
+    missing.append(spec.tsv_label)
+  if missing:
+    raise ValueError(f"{path}: header has no column {missing} (columns: {names})")
+  for n, line in lines:
+    values = line.rstrip("\r\n").split("\t")
+    yield n, {k: v for k, v in zip(names, values)}
+
+
+def _parse_label(spec: TaskSpec, value: str, where: str):
+  """A TSV label -> float (regression) or class id; anything else is an error naming it."""
+  if spec.is_regression:
+    try:
+      return float(value)
+    except ValueError:
+      raise ValueError(f"{where}: label {value!r} is not a number") from None
+  if value in spec.label_names:
+    return spec.label_names.index(value)
+  try:
+    label = int(value)  # 0/1 label columns (CoLA, SST-2, MRPC, QQP, WNLI)
+  except ValueError:
+    label = None
+  if label is None or not 0 <= label < spec.num_labels:
+    raise ValueError(f"{where}: label {value!r} is not one of the task's labels "
+                     f"{list(range(spec.num_labels))} / {list(spec.label_names)}")
+  return label
 
 
 def _load_tsv(spec: TaskSpec, split: str, tsv_dir: str) -> dict:
@@ -176,25 +228,28 @@ def _load_tsv(spec: TaskSpec, split: str, tsv_dir: str) -> dict:
   path = tsv_path(spec, split, tsv_dir)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"GLUE TSV file for {spec.name}/{split} not found: {path}")
-  idx, texts, labels = [], [[] for _ in spec.text_keys], []
-  for n, row in enumerate(_read_tsv_rows(spec, path, split)):
+  idx, texts, labels, skipped = [], [[] for _ in spec.text_keys], [], []
+  test = split.startswith("test")
+  for n, (line, row) in enumerate(_read_tsv_rows(spec, path, split)):
     vals = [row.get(c) for c in spec.tsv_columns]
-    label = row.get(spec.tsv_label)
-    if spec.tsv_label not in row or split.startswith("test"):
-      label = -1
-    elif spec.is_regression:
-      label = float(label) if label else None
-    elif label in spec.label_names:
-      label = spec.label_names.index(label)
-    else:  # 0/1 label columns (CoLA, SST-2, MRPC, QQP, WNLI)
-      label = int(label) if label else None
-    # Like TFDS, skip malformed rows (missing columns or label) but keep counting `n`.
-    if label is None or any(v is None for v in vals):
+    # Like TFDS, skip malformed rows (missing text columns) but keep counting `n`.
+    if any(v is None for v in vals):
+      skipped.append(line)
       continue
+    if test or not spec.tsv_label:
+      label = -1
+    elif row.get(spec.tsv_label) in (None, ""):
+      raise ValueError(f"{path}:{line}: no {spec.tsv_label!r} value in this row")
+    else:
+      label = _parse_label(spec, row[spec.tsv_label], f"{path}:{line}")
     idx.append(n)
     labels.append(label)
     for t, v in zip(texts, vals):
       t.append(v)
+  if skipped:
+    logging.warning("%s: skipped %d malformed row(s) without all text columns (lines %s%s), "
+                    "as TFDS does", path, len(skipped), skipped[:5],
+                    " ..." if len(skipped) > 5 else "")
   return _pack(spec, idx, texts, labels)
 
 

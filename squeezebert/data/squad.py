@@ -90,7 +90,8 @@ def _load_tfds(split: str, data_dir: str | None) -> list[Example]:
   data_dir = data_dir or os.environ.get(TFDS_DIR_ENV) or None
   ds = tfds.load(TFDS_NAME, split=split, data_dir=data_dir, shuffle_files=False,
                  download=False)
-  return examples_from_tfds_records(tfds.as_numpy(ds))
+  return check_answers(examples_from_tfds_records(tfds.as_numpy(ds)),
+                       f"TFDS {TFDS_NAME}/{split} under {data_dir}")
 
 
 def _load_file(split: str, squad_dir: str) -> list[Example]:
@@ -99,8 +100,26 @@ def _load_file(split: str, squad_dir: str) -> list[Example]:
   path = os.path.join(squad_dir, FILES[split])
   if not os.path.isfile(path):
     raise FileNotFoundError(f"SQuAD v1.1 file for split {split!r} not found: {path}")
-  with open(path, encoding="utf-8") as f:
-    return examples_from_json(json.load(f))
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: not a valid UTF-8 JSON file ({e})") from None
+  try:
+    return check_answers(examples_from_json(obj), path)
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"{path}: not in the SQuAD v1.1 format (missing or malformed {e})") from None
+
+
+def check_answers(examples: list[Example], source: str) -> list[Example]:
+  """Every gold answer is non-empty and found in its context at its answer_start."""
+  for e in examples:
+    for text, start in zip(e.answers, e.answer_starts):
+      if not text.strip() or start < 0 or e.context[start:start + len(text)] != text:
+        raise ValueError(f"{source}: question {e.id}: answer {text!r} is not in its context "
+                         f"at character {start} (context there: "
+                         f"{e.context[max(start, 0):start + len(text)]!r})")
+  return examples
 
 
 def load_examples(split: str, data_dir: str | None = None, source: str = "auto",

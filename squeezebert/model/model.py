@@ -33,6 +33,25 @@ class ModelOutput:
   hidden_states: tuple | None = None     # embeddings output + every layer, if asked for
 
 
+def check_inputs(cfg: ModelConfig, ids, mask, types) -> None:
+  """Clear errors for inputs the model would turn into NaN or wrong rows silently: shapes that
+  differ, ids outside [0, vocab_size), token types outside [0, type_vocab_size). The range
+  checks run on concrete arrays only (eager calls, the entry points that feed jit: no cost
+  inside a compiled step)."""
+  if not (ids.shape == mask.shape == types.shape):
+    raise ValueError(f"input_ids {ids.shape}, attention_mask {mask.shape} and token_type_ids "
+                     f"{types.shape} must have the same shape")
+  for name, arr, hi in (("input_ids", ids, cfg.vocab_size),
+                        ("token_type_ids", types, cfg.type_vocab_size)):
+    if isinstance(arr, jax.core.Tracer) or arr.size == 0:
+      continue
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
+      raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    lo_v, hi_v = int(jnp.min(arr)), int(jnp.max(arr))
+    if lo_v < 0 or hi_v >= hi:
+      raise ValueError(f"{name} must lie in [0, {hi}); got values from {lo_v} to {hi_v}")
+
+
 def attention_bias(mask_BxL: jax.Array) -> jax.Array:
   """0/1 mask -> additive [B, 1, 1, L] bias (0 or float32 min, as HF does)."""
   return jnp.where(mask_BxL[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
@@ -209,6 +228,8 @@ class SqueezeBert(nnx.Module):
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
+    attention_mask, token_type_ids = jnp.asarray(attention_mask), jnp.asarray(token_type_ids)
+    check_inputs(self.config, input_ids, attention_mask, token_type_ids)
     if input_ids.shape[-1] > self.config.max_position_embeddings:
       raise ValueError(f"sequence length {input_ids.shape[-1]} exceeds max_position_embeddings "
                        f"{self.config.max_position_embeddings}")

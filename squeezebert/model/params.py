@@ -7,12 +7,15 @@ surgery, int8 conversion) fills a model, with one error type for checkpoints tha
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
+from safetensors.numpy import load_file
 
 from squeezebert.model.config import ModelConfig
 from squeezebert.model.model import SqueezeBert
@@ -20,6 +23,36 @@ from squeezebert.model.model import SqueezeBert
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint whose encoder weights do not fit the model being built (names the keys)."""
+
+
+def read_json(path: str) -> dict:
+  """A JSON file of a checkpoint directory; a clear error naming it if it is not valid JSON."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointMismatchError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """A safetensors file; a clear error naming it if it is truncated or not safetensors."""
+  try:
+    return load_file(path)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # noqa: BLE001 (safetensors raises its own SafetensorError)
+    raise CheckpointMismatchError(f"{path} is not a readable safetensors file ({e}): "
+                                  "truncated or corrupt?") from None
+
+
+def check_finite(arrays: dict, source: str) -> None:
+  """Refuses weights holding NaN or inf (a diverged or corrupted checkpoint)."""
+  bad = sorted(k for k, v in arrays.items()
+               if np.issubdtype(np.asarray(v).dtype, np.floating)
+               and not np.all(np.isfinite(np.asarray(v, np.float32))))
+  if bad:
+    raise CheckpointMismatchError(f"{source}: non-finite (NaN/inf) values in {len(bad)} "
+                                  f"weight(s): {bad[:8]}{' ...' if len(bad) > 8 else ''}")
 
 
 def join_path(path: tuple) -> str:
@@ -64,6 +97,7 @@ def load_params_into(model: SqueezeBert, flat: dict[str, np.ndarray], source: st
                      seed: int = 0) -> list:
   """Load our '/'-joined param dict into `model`: encoder keys must match exactly; head keys
   that are absent or shaped for another label count are left fresh (returned)."""
+  check_finite(flat, source or "checkpoint")
   tree = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   paths = {join_path(path): path for path in tree}
   params = {name: tree[path] for name, path in paths.items()}

@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from squeezebert import cli  # noqa: E402
 from squeezebert.data import keep_tensorflow_off_accelerators  # noqa: E402
 from squeezebert.quant import cli  # noqa: E402
 
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -30,10 +30,11 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 from qwix._src.core import dot_general, dot_general_qt, einsum, einsum_info, qarray
 from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from squeezebert.model import ModelConfig, SqueezeBert
-from squeezebert.model.params import CheckpointMismatchError, join_path
+from squeezebert.model.params import (CheckpointMismatchError, join_path, read_json,
+                                      read_safetensors)
 from squeezebert.model.model import with_execution
 from squeezebert.quant import fake
 from squeezebert.quant.config import QuantConfig, act_batch_axes, rule_specs
@@ -364,8 +365,7 @@ def save_int8(model, out_dir: str, qcfg: QuantConfig, extra: dict | None = None)
 
 
 def read_int8_meta(path: str) -> dict:
-  with open(os.path.join(path, INT8_CONFIG)) as f:
-    return json.load(f)
+  return read_json(os.path.join(path, INT8_CONFIG))
 
 
 def load_int8(path: str, head: str | None = None, num_labels: int | None = None):
@@ -384,7 +384,7 @@ def load_int8(path: str, head: str | None = None, num_labels: int | None = None)
   with safe_open(file, framework="numpy") as f:
     int4_shapes = json.loads((f.metadata() or {}).get("int4_shapes", "{}"))
   flat = {}
-  for k, v in load_file(file).items():
+  for k, v in read_safetensors(file).items():
     if k.endswith(_INT4_SUFFIX):
       k = k[: -len(_INT4_SUFFIX)]
       v = _unpack_int4(v, int4_shapes[k])

@@ -10,6 +10,7 @@ Writes --out (JSON) and the same name with .md (a table); seeds fixed by --seed.
 
 from absl import app, flags
 
+from squeezebert import cli
 from squeezebert.robustness import evaluate
 
 flags.DEFINE_string("workdir", None, "training workdir of a GLUE classifier", required=True)
@@ -40,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -19,12 +19,35 @@ def _tensorflow():
   return tf
 
 
+def _drop_rows_after(path: str, step: int) -> None:
+  """Keeps the rows of steps <= `step` (the checkpoint a run resumes from)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      row_step = json.loads(line).get("step", 0)
+    except ValueError:  # a line cut by a kill: dropped
+      continue
+    if row_step <= step:
+      keep.append(line if line.endswith("\n") else line + "\n")
+  if len(keep) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
 class MetricLogger:
   """Writes <workdir>/metrics.jsonl and TensorBoard events under <workdir>/tb/<split>."""
 
-  def __init__(self, workdir: str, is_main: bool = True):
+  def __init__(self, workdir: str, is_main: bool = True, resume_step: int = 0):
     self.is_main, self.workdir, self._tb = is_main, workdir, {}
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+    path = os.path.join(workdir, "metrics.jsonl")
+    if is_main:
+      _drop_rows_after(path, resume_step)  # steps a resumed run redoes are logged once
+    self._jsonl = open(path, "a") if is_main else None
     self._tf = _tensorflow() if is_main else None
     if is_main and self._tf is None:
       logging.warning("TensorFlow is not installed: no TensorBoard events, metrics go to "

@@ -51,7 +51,8 @@ def build_model(config, task) -> SqueezeBert:
     logging.info("initialising from %s", config.init_from)
     n_layers = overrides.pop("num_hidden_layers", None) if init_layers else None
     model = load.from_pretrained(config.init_from, head=task.head, num_labels=task.num_labels,
-                                 seed=config.seed, **overrides)
+                                 seed=config.seed,
+                                 step=config.get("init_from_checkpoint", "best"), **overrides)
     note = inherited_dropout_note(model.config, overrides)
     if note:
       logging.warning("%s", note)

@@ -95,25 +95,35 @@ def validate(config):
                      "use act_mode=dynamic or grad_accum_steps=1")
 
 
+def check_model_fits(config, task, model) -> None:
+  """The data the config asks for fits the model: its vocab and its positions."""
+  vocab = task.tokenizer.get_vocab_size()
+  if vocab > model.config.vocab_size:
+    raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is "
+                     f"{model.config.vocab_size}: set config.model.vocab_size or the vocab "
+                     f"(the 'tiny' preset is for unit tests: vocab 128)")
+  if config.data.max_len > model.config.max_position_embeddings:
+    raise ValueError(f"config.data.max_len={config.data.max_len} exceeds the model's "
+                     f"max_position_embeddings={model.config.max_position_embeddings}")
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (or resumes) and evaluates; returns the final eval metrics."""
+  """Trains (or resumes) and evaluates; returns the final eval metrics.
+
+  Order: every check that can fail on the config, the model or the data runs before the
+  workdir is touched; then the workdir is locked (lock.json) for the rest of the run."""
   validate(config)
   if config.distributed:
     jax.distributed.initialize()
   task = tasks_lib.get_task(config)
   if config.mode == "train" and task.train_split is None:
     raise ValueError(f"task {task.name} has no training split; use mode=predict")
-  os.makedirs(workdir, exist_ok=True)
-
   saved = (workdir_lib.read_run_file(workdir)
            if os.path.exists(os.path.join(workdir, workdir_lib.RUN_FILE)) else {})
   # eval/predict of a run that trained a projection: its checkpoints hold it
   setup = setup_lib.setup_run(config, task, saved_projection=saved.get("distill_projection"))
   model = setup.model
-  vocab = task.tokenizer.get_vocab_size()
-  if vocab > model.config.vocab_size:
-    raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is "
-                     f"{model.config.vocab_size}: set config.model.vocab_size or the vocab")
+  check_model_fits(config, task, model)
   run = dict(task=task.name, model=model.config.replace(dtype="float32").architecture_dict(),
              head=task.head, num_labels=task.num_labels, best_metric=task.main_metric,
              best_mode=task.metric_mode)
@@ -122,25 +132,44 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run["quant"] = {k: v for k, v in qcfg.to_dict().items() if k != "calib_batches"}
   if setup.projection:
     run["distill_projection"] = list(setup.projection)
-  workdir_lib.write_run_file(workdir, run)
-  ckpts = workdir_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
-                                  best_metric=task.main_metric, best_mode=task.metric_mode)
-  try:
-    if config.mode != "train":
-      return _eval_or_predict(config, workdir, task, model, ckpts)
-    return _train(config, workdir, task, model, ckpts, Mesh(), setup.teacher)
-  finally:
-    ckpts.close()
+  data = None
+  if config.mode == "train":
+    data = load_data(task)
+    changes = workdir_lib.resume_config_changes(workdir, config)
+    if changes and not config.get("allow_config_change", False):
+      raise ValueError(
+          f"workdir {workdir} was trained with another config; resuming it with this one "
+          f"would not continue the same run: {'; '.join(changes)}. Use a new --workdir, or "
+          "--config.allow_config_change=True to resume anyway.")
+    if changes:
+      logging.warning("resuming %s with a changed config (allow_config_change): %s", workdir,
+                      "; ".join(changes))
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.WorkdirLock(workdir):
+    workdir_lib.write_run_file(workdir, run)
+    ckpts = workdir_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
+                                    best_metric=task.main_metric, best_mode=task.metric_mode)
+    try:
+      if config.mode != "train":
+        return _eval_or_predict(config, workdir, task, model, ckpts)
+      return _train(config, workdir, task, model, ckpts, Mesh(), data, setup.teacher)
+    finally:
+      ckpts.close()
 
 
-def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
-  final_path = os.path.join(workdir, FINAL_FILE)
-
+def load_data(task) -> dict:
+  """{'train': the training split, 'eval': {split: encoded}} (validated by the loaders)."""
   t0 = time.time()
   train_enc = task.load(task.train_split)
   eval_encs = {s: task.load(s) for s in task.eval_splits}
   logging.info("data: %d train examples, eval %s (%.1fs)", len(train_enc),
                {s: len(e) for s, e in eval_encs.items()}, time.time() - t0)
+  return dict(train=train_enc, eval=eval_encs)
+
+
+def _train(config, workdir, task, model, ckpts, mesh, data, teacher=None) -> dict:
+  final_path = os.path.join(workdir, FINAL_FILE)
+  train_enc, eval_encs = data["train"], data["eval"]
   steps_per_epoch = batching.num_batches(train_enc, config.batch_size, drop_remainder=True)
   if steps_per_epoch == 0:
     raise ValueError(f"{len(train_enc)} training examples < batch_size {config.batch_size}")
@@ -153,9 +182,9 @@ def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
   graphdef, state = nnx.split((model, optimizer))
   state = jax.device_put(state, mesh.replicated)
   step = 0
-  latest = ckpts.latest_step()
-  if latest is not None:
-    model_state, opt_state, meta = ckpts.restore(latest, state[0], state[1])
+  restored = ckpts.restore_latest(state[0], state[1])
+  if restored is not None:
+    _, model_state, opt_state, meta = restored
     state = _with_parts(state, model_state, opt_state)
     state = jax.device_put(state, mesh.replicated)
     step = int(meta["step"])
@@ -177,7 +206,7 @@ def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
                                          finite_check=config.get("finite_check", "cheap"))
   eval_step = steps_lib.make_eval_step(graphdef, task)
   base_rng = train_rng(config)
-  logger = MetricLogger(workdir, is_main=jax.process_index() == 0)
+  logger = MetricLogger(workdir, is_main=jax.process_index() == 0, resume_step=step)
   progress = Progress(total, step, enabled=config.progress_bar and jax.process_index() == 0)
   buckets = tuple(config.data.bucket_boundaries)
   pending, window, t_window, steps_this_run = None, [], time.time(), 0
@@ -247,8 +276,11 @@ def _train(config, workdir, task, model, ckpts, mesh, teacher=None) -> dict:
     logger.close()
   if not eval_metrics:  # resumed from the final checkpoint of a run killed before it finished
     eval_metrics = evaluate.eval_splits(task, eval_step, state, mesh, eval_encs, config)
-  best = ckpts.best_step()
-  final = dict(eval_metrics, step=step, best_step=best)
+  # The last step's eval metrics, and which checkpoint is the best by the task metric (what
+  # mode=eval, from_pretrained(workdir) and init_from=<workdir> load).
+  best = ckpts.step("best")
+  final = dict(eval_metrics, step=step, best_step=best,
+               best_metrics=dict(ckpts.mngr.metrics(best) or {}) if best is not None else {})
   if jax.process_index() == 0:
     with open(final_path + ".tmp", "w") as f:
       json.dump(final, f, indent=2)
@@ -279,7 +311,7 @@ def _with_parts(state, model_state, opt_state):
 def _eval_or_predict(config, workdir, task, model, ckpts) -> dict:
   """mode=eval: dev metrics of the best (else latest) checkpoint; mode=predict: also write
   GLUE submission files for the test splits into <workdir>/predictions/."""
-  step = ckpts.best_step() or ckpts.latest_step()
+  step = ckpts.step(config.get("eval_checkpoint", "best"))
   if step is not None:
     model_state, _, _ = ckpts.restore(step, nnx.state(model))
     nnx.update(model, model_state)
