@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from squeezebert.model.config import EXECUTION_FIELDS, ModelConfig, resolve_dtype
@@ -47,7 +48,8 @@ def check_inputs(cfg: ModelConfig, ids, mask, types) -> None:
       continue
     if not jnp.issubdtype(arr.dtype, jnp.integer):
       raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
-    lo_v, hi_v = int(jnp.min(arr)), int(jnp.max(arr))
+    host = np.asarray(arr)  # numpy: no op is staged into an enclosing trace
+    lo_v, hi_v = int(host.min()), int(host.max())
     if lo_v < 0 or hi_v >= hi:
       raise ValueError(f"{name} must lie in [0, {hi}); got values from {lo_v} to {hi_v}")
 

@@ -179,8 +179,11 @@ def test_run_file_accepts_older_workdirs_and_json_lists(tmp_path):
   for k in ("share_layers", "separable_kernel", "conv_layers", "conv_kernel"):
     old.pop(k)
   d = tmp_path / "old"
-  d.mkdir()
+  (d / "checkpoints" / "10").mkdir(parents=True)  # the run.json of a workdir with checkpoints
   (d / "run.json").write_text(_json.dumps(dict(run, model=old)))
   ckpt_lib.write_run_file(str(d), dict(run, model=get_config("tiny").to_dict()))
   with pytest.raises(ValueError, match="different model"):
     ckpt_lib.write_run_file(str(d), dict(run, model=get_config("tiny", share_layers=True).to_dict()))
+  # Without checkpoints (a run that failed early) the workdir is simply taken.
+  ckpt_lib.write_run_file(str(tmp_path), dict(run, model=get_config("tiny", share_layers=True)
+                                                   .to_dict()))

@@ -324,8 +324,10 @@ def test_pretrain_hidden_state_distillation_from_a_plain_encoder(corpus_dir, tmp
     assert r["task_loss"] == pytest.approx(r["sop_loss"], rel=1e-5)
     assert r["loss"] == pytest.approx(r["task_loss"] + 2.0 * r["hidden_loss"], rel=1e-4)
   run = json.loads((tmp_path / "run" / "run.json").read_text())
-  # The untrained MLM head's perplexity picks no checkpoint: the latest ones are kept.
-  assert run["best_metric"] is None and result["best_step"] is None
+  # The untrained MLM head's perplexity picks no checkpoint: the latest ones are kept, and
+  # the latest is what loading the workdir uses.
+  assert run["best_metric"] is None
+  assert result["best_step"] == 3 and result["best_metrics"] == {}
   # Teacher and student widths are equal: no projection is made.
   assert "distill_projection" not in run
   assert surgery.projection_of(load.from_pretrained(str(tmp_path / "run"))) is None

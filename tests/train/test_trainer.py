@@ -372,7 +372,13 @@ def test_mismatched_workdir_refused_and_untouched(sst2_run):
   before = tree_digest(wd / "checkpoints", wd / ckpt_lib.RUN_FILE)
   assert len(before) > 5
   cfg = runlocal(model__hidden_size=64, model__embedding_size=64)
-  with pytest.raises(ValueError, match="already holds a run with a different model"):
+  with pytest.raises(ValueError, match=r"was trained with another config.*model.hidden_size: "
+                                       r"None -> 64"):
+    trainer.train_and_evaluate(cfg, str(wd))
+  assert tree_digest(wd / "checkpoints", wd / ckpt_lib.RUN_FILE) == before
+  # Forcing the resume past that check still meets the run file's model check.
+  cfg.allow_config_change = True
+  with pytest.raises(ValueError, match="holds checkpoints of a run with a different model"):
     trainer.train_and_evaluate(cfg, str(wd))
   assert tree_digest(wd / "checkpoints", wd / ckpt_lib.RUN_FILE) == before
 
