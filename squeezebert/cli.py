@@ -7,6 +7,7 @@ traceback; `--verbose` shows the traceback, `--pdb` (absl) opens the debugger.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import sys
 
@@ -14,15 +15,40 @@ from absl import app, flags
 
 from squeezebert.workdir import CheckpointError
 
-flags.DEFINE_bool("verbose", False, "on an error, print the full traceback")
+
+# Libraries whose INFO lines (orbax: ~80 per checkpoint save) drown a run's own log.
+QUIET_LIBRARIES = ("/orbax/", "/tensorstore/", "/tensorflow_datasets/", "/etils/", "/jax/_src/",
+                   "/flax/")
+
+
+# Warnings orbax gives for every read-only (loading) checkpoint manager: not a problem.
+BENIGN = ("Given directory is read only", "read_only=True, setting")
+
+
+class QuietLibraries(logging.Filter):
+  """Drops below-WARNING records logged from QUIET_LIBRARIES' source files, and orbax's
+  benign read-only warnings."""
+
+  def filter(self, record):
+    lib = any(part in (record.pathname or "") for part in QUIET_LIBRARIES)
+    if lib and any(b in record.getMessage() for b in BENIGN):
+      return False
+    return record.levelno >= logging.WARNING or not lib
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError,
                FloatingPointError, CheckpointError, RuntimeError, pickle.UnpicklingError)
 
 
 def run(main) -> None:
-  """app.run(main), with user errors reported as one line (exit status 1)."""
+  """app.run(main), with user errors reported as one line (exit status 1). Defines --verbose
+  and --library_logs (here, not at import: importing the package defines no flags)."""
+  flags.DEFINE_bool("verbose", False, "on an error, print the full traceback")
+  flags.DEFINE_bool("library_logs", False, "show orbax / TFDS / JAX info logs (default: "
+                    "warnings only)")
   def wrapped(argv):
+    if not flags.FLAGS.library_logs:  # every record reaches the root's (absl's) handler
+      for handler in logging.getLogger().handlers:
+        handler.addFilter(QuietLibraries())
     try:
       return main(argv)
     except USER_ERRORS as e:

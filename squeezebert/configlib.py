@@ -81,7 +81,8 @@ def base_train_config() -> ml_collections.ConfigDict:
                                   #   params (every parameter after the update)
   # Data.
   c.data = ml_collections.ConfigDict(dict(
-      source="auto",              # auto | tfds | tsv
+      source="auto",              # auto: prepared TFDS -> tsv_dir -> TFDS download | tfds | tsv
+      download=True,              # auto may download and prepare the dataset through TFDS
       tfds_data_dir="",           # "" -> $TFDS_DATA_DIR -> tfds default
       tsv_dir="",                 # GLUE TSV layout dir (fallback); "" -> $GLUE_DIR
       vocab="",                   # vocab.txt; "" -> $SQUEEZEBERT_VOCAB -> the MiniLM package's

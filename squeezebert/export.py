@@ -28,6 +28,7 @@ from absl import app, flags
 from flax import nnx
 
 from squeezebert import cli
+from squeezebert import assets as assets_lib
 from squeezebert.load import from_pretrained as load_model
 
 ARTIFACT = "model.jaxexport"
@@ -52,8 +53,10 @@ def forward_fn(model):
 
 
 def export_model(model, out_dir: str, batch: int = 0, seq: int = 0,
-                 platforms: tuple[str, ...] | None = None, source: str = "") -> dict:
-  """Exports the deterministic forward of `model` (weights as constants) to out_dir."""
+                 platforms: tuple[str, ...] | None = None, source: str = "",
+                 assets: assets_lib.Assets | None = None) -> dict:
+  """Exports the deterministic forward of `model` (weights as constants) to out_dir, with the
+  tokenizer files and label names of `assets` (the source's, see squeezebert.assets)."""
   cfg = model.config
   if seq > cfg.max_position_embeddings:
     raise ValueError(f"seq {seq} > max_position_embeddings {cfg.max_position_embeddings}")
@@ -80,6 +83,11 @@ def export_model(model, out_dir: str, batch: int = 0, seq: int = 0,
               platforms=list(exp.platforms), head=model.head, num_labels=model.num_labels,
               max_position_embeddings=cfg.max_position_embeddings, source=source,
               jax_version=jax.__version__)
+  if assets is not None:
+    meta.update(labels=list(assets.labels) if assets.labels else None, max_len=assets.max_len)
+    for name, text in assets.files().items():
+      with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+        f.write(text)
   with open(os.path.join(out_dir, META), "w") as f:
     json.dump(meta, f, indent=2)
   return meta
@@ -109,7 +117,8 @@ def main(argv):
   del argv
   f = flags.FLAGS
   model = load_model(f.model)
-  meta = export_model(model, f.out, f.batch, f.seq, source=os.path.abspath(f.model))
+  meta = export_model(model, f.out, f.batch, f.seq, source=os.path.abspath(f.model),
+                      assets=assets_lib.of(f.model))
   if f.check:
     rng = np.random.default_rng(0)
     b, l = f.batch or 2, f.seq or 16

@@ -139,15 +139,19 @@ def _normalise(v):
   return json.loads(json.dumps(v, default=str))  # tuples == lists, as saved
 
 
-def resume_config_changes(workdir: str, config) -> list[str]:
-  """'field: saved -> now' for every RESUME_FIELDS entry that differs from the config this
+# What mode=eval|predict must share with the run that trained the workdir.
+EVAL_FIELDS = ("task", "model", "quant", "pretrain", "data.max_len", "data.vocab")
+
+
+def resume_config_changes(workdir: str, config, fields=RESUME_FIELDS) -> list[str]:
+  """'field: saved -> now' for every one of `fields` that differs from the config this
   workdir was trained with (none if it has no checkpoint or no saved config)."""
   path = os.path.join(workdir, TRAIN_CONFIG)
   if not checkpoint_steps(workdir) or not os.path.exists(path):
     return []
   saved = _read_json(path)
   out = []
-  for field in RESUME_FIELDS:
+  for field in fields:
     a, b = _normalise(_get(saved, field)), _normalise(_get(config, field))
     if isinstance(a, dict) and isinstance(b, dict):
       out += [f"{field}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))

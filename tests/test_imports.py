@@ -19,7 +19,7 @@ LAYERS = [
     {"load"},
     {"data", "tasks"},
     {"train"},
-    {"quant.cli", "robustness", "bench", "export", "main", "cli"},
+    {"quant.cli", "robustness", "bench", "export", "main", "cli", "assets", "predict"},
 ]
 
 

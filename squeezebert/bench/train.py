@@ -17,6 +17,7 @@ are test-only: `pip install -e .[dev]`).
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import jax
@@ -227,6 +228,9 @@ def summary(r: dict) -> str:
 def _hf_step(cfg, batch: dict, seed: int):
   """One HF PyTorch training step (forward, backward, clip 1.0, AdamW) on `batch`, as a
   closure; the model is HF's *ForSequenceClassification of the same configuration."""
+  # PyTorch's OpenMP threads spin-wait after each parallel region by default, taking the cores
+  # from whatever runs next (here: our interleaved step). Set before torch loads.
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   try:
     import torch
     import transformers

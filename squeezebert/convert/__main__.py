@@ -9,6 +9,7 @@ import os
 from absl import app, flags, logging
 
 from squeezebert import cli
+from squeezebert import assets as assets_lib
 from squeezebert import convert, load
 from squeezebert import workdir as workdir_lib
 
@@ -16,7 +17,7 @@ flags.DEFINE_string("from", None, "source directory (HF checkpoint, ours, or a t
 flags.DEFINE_string("to", None, "target directory")
 flags.DEFINE_enum("format", None, ["hf", "ours"], "target format (default: the other one)")
 flags.DEFINE_string("head", None, "head to load (default: from the checkpoint)")
-flags.DEFINE_string("vocab", None, "vocab.txt to copy next to an HF export")
+flags.DEFINE_string("vocab", None, "vocab.txt for the exported tokenizer (default: the run's)")
 flags.DEFINE_bool("overwrite", False, "write into a --to directory that is not empty")
 FLAGS = flags.FLAGS
 # What a model directory of either format holds (removed from the target by --overwrite).
@@ -52,10 +53,17 @@ def main(argv):
   is_hf_src = convert.is_hf_dir(src)
   target = FLAGS.format or ("ours" if is_hf_src else "hf")
   model = load.from_pretrained(src, head=FLAGS.head)
+  extras = assets_lib.of(src)
+  if FLAGS.vocab:
+    extras.vocab = FLAGS.vocab
+  labels = extras.id2label if model.head in ("classification", "token") else None
+  if labels and len(labels) != model.num_labels:
+    labels = None  # another head than the run's: its label names do not apply
   if target == "hf":
-    convert.export_hf(model, dst, vocab_file=FLAGS.vocab)
+    convert.export_hf(model, dst, id2label=labels, files=extras.files())
   else:
-    convert.save_pretrained(model, dst)
+    convert.save_pretrained(model, dst, extra=dict(labels=list(labels.values()) if labels else None),
+                            files=extras.files())
   logging.info("wrote %s (%s format, head=%s)", dst, target, model.head)
   print(f"converted {src} -> {dst} ({target}, head={model.head})")
 

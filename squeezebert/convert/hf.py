@@ -64,8 +64,10 @@ def config_to_hf(cfg: ModelConfig, head: str, num_labels: int,
     id2label = id2label or {i: f"LABEL_{i}" for i in range(n)}
     d["id2label"] = {str(i): v for i, v in id2label.items()}
     d["label2id"] = {v: int(i) for i, v in id2label.items()}
-    if head == "regression":
-      d["problem_type"] = "regression"
+    d["problem_type"] = {"regression": "regression",
+                         "classification": "single_label_classification"}.get(head)
+    if d["problem_type"] is None:
+      del d["problem_type"]
   return d
 
 
@@ -161,7 +163,10 @@ def from_hf(path: str, head: str | None = None, num_labels: int | None = None, s
 
 
 def export_hf(model: SqueezeBert, out_dir: str, id2label: dict | None = None,
-              vocab_file: str | None = None) -> str:
+              vocab_file: str | None = None, files: dict | None = None) -> str:
+  """An HF directory of `model`: config.json (with id2label / label2id / problem_type),
+  model.safetensors, and `files` ({name: text}: the tokenizer files, see
+  squeezebert.data.tokenizer.tokenizer_files) or just `vocab_file` copied as vocab.txt."""
   cfg = model.config
   if not cfg.is_hf_architecture:
     raise ValueError("this model is a variant HF has no class for (factorized embeddings, "
@@ -183,7 +188,14 @@ def export_hf(model: SqueezeBert, out_dir: str, id2label: dict | None = None,
   if vocab_file:
     with open(vocab_file) as src, open(os.path.join(out_dir, "vocab.txt"), "w") as dst:
       dst.write(src.read())
+  write_files(out_dir, files)
   return out_dir
+
+
+def write_files(out_dir: str, files: dict | None) -> None:
+  for name, text in (files or {}).items():
+    with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+      f.write(text)
 
 
 

@@ -16,12 +16,12 @@ B- for the first word of an entity.
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
 from absl import logging
 
+from squeezebert.data import tfds_util
 from squeezebert.metrics import ner as metrics_ner
 
 TFDS_NAME = "conll2003"
@@ -35,14 +35,11 @@ IGNORE = -100  # label of sub-tokens the loss and the metric skip
 
 
 def tfds_data_dir(data_dir: str | None = None) -> str:
-  return data_dir or os.environ.get(TFDS_DIR_ENV) or os.path.expanduser("~/tensorflow_datasets")
+  return tfds_util.data_dir(data_dir)
 
 
 def tfds_prepared(data_dir: str | None = None) -> bool:
-  return bool(glob.glob(os.path.join(tfds_data_dir(data_dir), TFDS_NAME, "*", "*",
-                                     "dataset_info.json")) or
-              glob.glob(os.path.join(tfds_data_dir(data_dir), TFDS_NAME, "*",
-                                     "dataset_info.json")))
+  return tfds_util.prepared(TFDS_NAME, data_dir)
 
 
 def read_conll_file(path: str) -> tuple[list[list[str]], list[list[str]]]:
@@ -93,9 +90,6 @@ def _load_tfds(split: str, data_dir: str | None) -> tuple[list, list]:
 
   if data_dir is not None and "://" not in data_dir and not os.path.isdir(data_dir):
     raise FileNotFoundError(f"TFDS data_dir does not exist: {data_dir}")
-  if not tfds_prepared(data_dir):
-    raise FileNotFoundError(f"TFDS dataset {TFDS_NAME} is not prepared under "
-                            f"{tfds_data_dir(data_dir)} (this code never downloads it)")
   data_dir = data_dir or os.environ.get(TFDS_DIR_ENV) or None
   builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
   names = tuple(builder.info.features["ner"].feature.names)
@@ -115,8 +109,36 @@ def _load_tfds(split: str, data_dir: str | None) -> tuple[list, list]:
   return words, tags
 
 
+def resolve_source(data_dir: str | None = None, source: str = "auto",
+                   conll_dir: str | None = None, download: bool = True) -> str:
+  """'tfds' or 'file' for `source`="auto": a prepared TFDS copy, else the raw CoNLL files in
+  conll_dir, else a TFDS download (download on), else DataNotFoundError."""
+  if source == "tsv":
+    source = "file"
+  if source not in ("auto", "tfds", "file"):
+    raise ValueError(f"source must be auto|tfds|file (tsv), got {source!r}")
+  conll_dir = conll_dir or os.environ.get(CONLL_DIR_ENV) or None
+  if source != "auto":
+    return source
+  if tfds_prepared(data_dir):
+    return "tfds"
+  if conll_dir:
+    return "file"
+  tried = (f"TFDS has not prepared it under {tfds_data_dir(data_dir)} and no raw-file dir is "
+           "set")
+  to_set = (f"Set --config.data.tfds_data_dir=DIR (or ${TFDS_DIR_ENV}) to a TFDS data dir "
+            f"holding {TFDS_NAME}, or --config.data.conll_dir=DIR (or ${CONLL_DIR_ENV}) to a "
+            "dir with train.txt/valid.txt/test.txt.")
+  if not download:
+    raise tfds_util.DataNotFoundError(f"no data for {TFDS_NAME}: {tried} (config.data."
+                                      f"download is off). {to_set}")
+  tfds_util.download_and_prepare(TFDS_NAME, data_dir, tried, to_set)
+  return "tfds"
+
+
 def load_sentences(split: str, data_dir: str | None = None, source: str = "auto",
-                   conll_dir: str | None = None, tag_scheme: str = "auto") -> dict:
+                   conll_dir: str | None = None, tag_scheme: str = "auto",
+                   download: bool = True) -> dict:
   """{'words': [[str]], 'tags': int32 arrays of LABEL_NAMES ids, 'idx': int32[N]}.
 
   Sentence order: file order for the raw files; TFDS' stored order for TFDS (the same sentences
@@ -128,27 +150,13 @@ def load_sentences(split: str, data_dir: str | None = None, source: str = "auto"
   if tag_scheme not in ("auto", "iob1", "iob2"):
     raise ValueError(f"tag_scheme must be auto|iob1|iob2, got {tag_scheme!r}")
   conll_dir = conll_dir or os.environ.get(CONLL_DIR_ENV) or None
-  if source == "tsv":
-    source = "file"
-  if source == "auto":
-    if tfds_prepared(data_dir):
-      source = "tfds"
-    elif conll_dir:
-      source = "file"
-    else:
-      raise FileNotFoundError(
-          f"No CoNLL-2003 data: {TFDS_NAME} is not prepared under {tfds_data_dir(data_dir)} "
-          f"and no raw-file dir is given. Set config.data.tfds_data_dir (or ${TFDS_DIR_ENV}) "
-          f"to a TFDS data dir holding {TFDS_NAME}/, or config.data.conll_dir (or "
-          f"${CONLL_DIR_ENV}) to a dir with train.txt/valid.txt/test.txt.")
+  source = resolve_source(data_dir, source, conll_dir, download)
   if source == "tfds":
     words, tags = _load_tfds(split, data_dir)
   elif source == "file":
     if not conll_dir:
       raise ValueError(f"source='file' needs config.data.conll_dir or ${CONLL_DIR_ENV}")
     words, tags = _load_file(split, conll_dir)
-  else:
-    raise ValueError(f"source must be auto|tfds|file (tsv), got {source!r}")
   if tag_scheme == "iob1" or (tag_scheme == "auto" and metrics_ner.is_iob1(tags)):
     logging.info("conll2003/%s: IOB1 tags rewritten to IOB2", split)
     tags = [metrics_ner.iob1_to_iob2(t) for t in tags]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import glob
 import os
 
 import numpy as np
 from absl import logging
+
+from squeezebert.data import tfds_util
 
 TFDS_DIR_ENV = "TFDS_DATA_DIR"
 GLUE_DIR_ENV = "GLUE_DIR"
@@ -117,15 +118,11 @@ def _splits(spec: TaskSpec) -> tuple[str, ...]:
 
 
 def tfds_data_dir(data_dir: str | None = None) -> str:
-  """Explicit dir -> $TFDS_DATA_DIR -> TFDS' default (~/tensorflow_datasets)."""
-  return data_dir or os.environ.get(TFDS_DIR_ENV) or os.path.expanduser("~/tensorflow_datasets")
+  return tfds_util.data_dir(data_dir)
 
 
 def tfds_prepared(spec: TaskSpec, data_dir: str | None = None) -> bool:
-  """Whether <data_dir>/glue/<task>/<version>/dataset_info.json exists (no TF import)."""
-  pattern = os.path.join(tfds_data_dir(data_dir), *spec.tfds_name.split("/"), "*",
-                         "dataset_info.json")
-  return bool(glob.glob(pattern))
+  return tfds_util.prepared(spec.tfds_name, data_dir)
 
 
 def _load_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> dict:
@@ -268,6 +265,33 @@ def _pack(spec: TaskSpec, idx, texts, labels) -> dict:
   }
 
 
+def resolve_source(spec: TaskSpec, data_dir: str | None = None, source: str = "auto",
+                   tsv_dir: str | None = None, download: bool = True) -> str:
+  """'tfds' or 'tsv' for `source`="auto": a TFDS copy prepared under the data dir, else the
+  GLUE TSVs when a TSV dir is set, else TFDS downloads and prepares the task (download on),
+  else a DataNotFoundError naming what was tried and what to set."""
+  if source not in ("auto", "tfds", "tsv"):
+    raise ValueError(f"source must be 'auto', 'tfds' or 'tsv', got {source!r}")
+  tsv_dir = tsv_dir or os.environ.get(GLUE_DIR_ENV) or None
+  if source != "auto":
+    return source
+  if tfds_prepared(spec, data_dir):
+    return "tfds"
+  if tsv_dir:
+    return "tsv"
+  tried = (f"TFDS has not prepared it under {tfds_data_dir(data_dir)} and no GLUE TSV dir is "
+           "set")
+  to_set = (f"Set --config.data.tfds_data_dir=DIR (or ${TFDS_DIR_ENV}) to a TFDS data dir "
+            f"holding {spec.tfds_name} (`tfds build {spec.tfds_name} --data_dir=DIR` where "
+            f"there is internet), or --config.data.tsv_dir=DIR (or ${GLUE_DIR_ENV}) to the "
+            "GLUE TSVs (download_glue_data.py output).")
+  if not download:
+    raise tfds_util.DataNotFoundError(f"no data for {spec.tfds_name}: {tried} "
+                                      f"(config.data.download is off). {to_set}")
+  tfds_util.download_and_prepare(spec.tfds_name, data_dir, tried, to_set)
+  return "tfds"
+
+
 def load_examples(
     task: str | TaskSpec,
     split: str,
@@ -283,24 +307,13 @@ def load_examples(
   msr_paraphrase_train.txt); the examples themselves are the same.
 
   source: 'tfds' (data_dir, else $TFDS_DATA_DIR, else TFDS' default), 'tsv' (tsv_dir, else
-  $GLUE_DIR), or 'auto': TFDS if the dataset is prepared under the data dir, else TSV if a
-  TSV dir is known.
+  $GLUE_DIR), or 'auto' (resolve_source: prepared TFDS, else the TSVs, else a TFDS download).
   """
   spec = task if isinstance(task, TaskSpec) else get_task(task)
   if split not in _splits(spec):
     raise ValueError(f"{spec.name} has no split {split!r}; splits: {_splits(spec)}")
   tsv_dir = tsv_dir or os.environ.get(GLUE_DIR_ENV) or None
-  if source == "auto":
-    if tfds_prepared(spec, data_dir):
-      source = "tfds"
-    elif tsv_dir:
-      source = "tsv"
-    else:
-      raise FileNotFoundError(
-          f"No data for {spec.tfds_name}: not prepared under {tfds_data_dir(data_dir)} and no "
-          f"GLUE TSV dir given. Set ${TFDS_DIR_ENV} (config field data_dir) to a TFDS data dir, "
-          f"or ${GLUE_DIR_ENV} (config field tsv_dir) to a download_glue_data.py output dir."
-      )
+  source = resolve_source(spec, data_dir, source, tsv_dir)
   if source == "tfds":
     return _load_tfds(spec, split, data_dir)
   if source == "tsv":

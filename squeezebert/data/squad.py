@@ -17,11 +17,12 @@ tokenizer's character offsets, so predicted spans are cut from the original cont
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 
 import numpy as np
+
+from squeezebert.data import tfds_util
 
 TFDS_NAME = "squad/v1.1"
 TFDS_DIR_ENV = "TFDS_DATA_DIR"
@@ -42,12 +43,11 @@ class Example:
 
 
 def tfds_data_dir(data_dir: str | None = None) -> str:
-  return data_dir or os.environ.get(TFDS_DIR_ENV) or os.path.expanduser("~/tensorflow_datasets")
+  return tfds_util.data_dir(data_dir)
 
 
 def tfds_prepared(data_dir: str | None = None) -> bool:
-  return bool(glob.glob(os.path.join(tfds_data_dir(data_dir), *TFDS_NAME.split("/"), "*",
-                                     "dataset_info.json")))
+  return tfds_util.prepared(TFDS_NAME, data_dir)
 
 
 def examples_from_json(obj: dict) -> list[Example]:
@@ -84,9 +84,6 @@ def _load_tfds(split: str, data_dir: str | None) -> list[Example]:
 
   if data_dir is not None and "://" not in data_dir and not os.path.isdir(data_dir):
     raise FileNotFoundError(f"TFDS data_dir does not exist: {data_dir}")
-  if not tfds_prepared(data_dir):
-    raise FileNotFoundError(f"TFDS dataset {TFDS_NAME} is not prepared under "
-                            f"{tfds_data_dir(data_dir)} (this code never downloads it)")
   data_dir = data_dir or os.environ.get(TFDS_DIR_ENV) or None
   ds = tfds.load(TFDS_NAME, split=split, data_dir=data_dir, shuffle_files=False,
                  download=False)
@@ -122,33 +119,45 @@ def check_answers(examples: list[Example], source: str) -> list[Example]:
   return examples
 
 
+def resolve_source(data_dir: str | None = None, source: str = "auto",
+                   squad_dir: str | None = None, download: bool = True) -> str:
+  """'tfds' or 'file' for `source`="auto": a prepared TFDS copy, else the official JSON files
+  in squad_dir, else a TFDS download (download on), else DataNotFoundError."""
+  if source == "tsv":
+    source = "file"
+  if source not in ("auto", "tfds", "file"):
+    raise ValueError(f"source must be auto|tfds|file (tsv), got {source!r}")
+  squad_dir = squad_dir or os.environ.get(SQUAD_DIR_ENV) or None
+  if source != "auto":
+    return source
+  if tfds_prepared(data_dir):
+    return "tfds"
+  if squad_dir:
+    return "file"
+  tried = f"TFDS has not prepared it under {tfds_data_dir(data_dir)} and no JSON dir is set"
+  to_set = (f"Set --config.data.tfds_data_dir=DIR (or ${TFDS_DIR_ENV}) to a TFDS data dir "
+            f"holding {TFDS_NAME}, or --config.data.squad_dir=DIR (or ${SQUAD_DIR_ENV}) to a "
+            f"dir with {FILES['train']} / {FILES['validation']}.")
+  if not download:
+    raise tfds_util.DataNotFoundError(f"no data for {TFDS_NAME}: {tried} (config.data."
+                                      f"download is off). {to_set}")
+  tfds_util.download_and_prepare(TFDS_NAME, data_dir, tried, to_set)
+  return "tfds"
+
+
 def load_examples(split: str, data_dir: str | None = None, source: str = "auto",
-                  squad_dir: str | None = None) -> list[Example]:
+                  squad_dir: str | None = None, download: bool = True) -> list[Example]:
   """Examples of `split` ('train' | 'validation'), sorted by question id."""
   if split not in SPLITS:
     raise ValueError(f"squad has no split {split!r}; splits: {SPLITS}")
   squad_dir = squad_dir or os.environ.get(SQUAD_DIR_ENV) or None
-  if source == "tsv":
-    source = "file"
-  if source == "auto":
-    if tfds_prepared(data_dir):
-      source = "tfds"
-    elif squad_dir:
-      source = "file"
-    else:
-      raise FileNotFoundError(
-          f"No SQuAD data: {TFDS_NAME} is not prepared under {tfds_data_dir(data_dir)} and no "
-          f"JSON dir is given. Set config.data.tfds_data_dir (or ${TFDS_DIR_ENV}) to a TFDS "
-          f"data dir holding {TFDS_NAME}, or config.data.squad_dir (or ${SQUAD_DIR_ENV}) to a "
-          f"dir with {FILES['train']} / {FILES['validation']}.")
+  source = resolve_source(data_dir, source, squad_dir, download)
   if source == "tfds":
     ex = _load_tfds(split, data_dir)
   elif source == "file":
     if not squad_dir:
       raise ValueError(f"source='file' needs config.data.squad_dir or ${SQUAD_DIR_ENV}")
     ex = _load_file(split, squad_dir)
-  else:
-    raise ValueError(f"source must be auto|tfds|file (tsv), got {source!r}")
   ids = [e.id for e in ex]
   if len(set(ids)) != len(ids):
     raise ValueError(f"squad/{split}: duplicate question ids")

@@ -8,6 +8,7 @@ truncation match it exactly without importing torch/transformers.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pathlib
 
@@ -133,3 +134,31 @@ def encode(
       "truncated": truncated,
       "num_truncated": int(truncated.sum()),
   }
+
+
+def tokenizer_files(vocab_path: str | None, max_len: int, lowercase: bool = True) -> dict:
+  """{file name: text} of the tokenizer a model directory carries, so that
+  transformers.AutoTokenizer.from_pretrained(dir) (BertTokenizerFast) and our own loaders
+  rebuild exactly this tokenizer: vocab.txt, tokenizer.json (the Rust pipeline),
+  tokenizer_config.json (lower-casing, max length, special tokens), special_tokens_map.json."""
+  vocab_file = resolve_vocab(vocab_path)
+  with open(vocab_file, encoding="utf-8") as f:
+    vocab = f.read()
+  specials = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+                  mask_token="[MASK]")
+  config = dict(tokenizer_class="BertTokenizer", do_lower_case=lowercase,
+                strip_accents=None, tokenize_chinese_chars=True, model_max_length=max_len,
+                clean_up_tokenization_spaces=True, **specials)
+  return {"vocab.txt": vocab,
+          "tokenizer.json": load_tokenizer(vocab_file, lowercase).to_str(),
+          "tokenizer_config.json": json.dumps(config, indent=2),
+          "special_tokens_map.json": json.dumps(specials, indent=2)}
+
+
+def read_tokenizer_config(model_dir: str) -> dict:
+  """tokenizer_config.json of a model directory ({} if it has none)."""
+  path = os.path.join(model_dir, "tokenizer_config.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)

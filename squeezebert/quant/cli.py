@@ -26,6 +26,7 @@ import time
 import jax
 from absl import logging
 
+from squeezebert import assets as assets_lib
 from squeezebert import load, tasks as tasks_lib
 from squeezebert import workdir as workdir_lib
 from squeezebert.convert import ours
@@ -90,8 +91,11 @@ def run(workdir: str, mode: str, out_dir: str, overrides: dict | None = None, co
                                 qcfg.calib_batches)
     logging.info("calibrated static activation ranges on %d training batches", calibrated)
   int8 = core.to_int8(convert_from, qcfg)
+  extras = assets_lib.of(workdir)
   core.save_int8(int8, out_dir, qcfg, extra=dict(source=os.path.abspath(workdir), mode=mode,
-                                                 calibration_batches=calibrated))
+                                                 calibration_batches=calibrated,
+                                                 labels=list(extras.labels or []) or None),
+                 files=extras.files())
   convert_s = time.time() - t0
 
   with tempfile.TemporaryDirectory() as tmp:

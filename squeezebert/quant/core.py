@@ -342,11 +342,16 @@ def _unpack_int4(packed: np.ndarray, shape) -> np.ndarray:
   return v.reshape(shape).astype(ml_dtypes.int4)
 
 
-def save_int8(model, out_dir: str, qcfg: QuantConfig, extra: dict | None = None) -> str:
-  """squeezebert_int8.json + model.safetensors (int4 values packed two per byte)."""
+def save_int8(model, out_dir: str, qcfg: QuantConfig, extra: dict | None = None,
+              files: dict | None = None) -> str:
+  """squeezebert_int8.json + model.safetensors (int4 values packed two per byte) + `files`
+  ({name: text}, e.g. the tokenizer)."""
   if not is_int8_model(model):
     raise ValueError("save_int8 needs an int8 model (to_int8 / load_int8)")
   os.makedirs(out_dir, exist_ok=True)
+  for name, text in (files or {}).items():
+    with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+      f.write(text)
   arrays, int4_shapes = {}, {}
   for k, v in flat_state(model).items():
     if v.dtype.name == "int4":

@@ -73,6 +73,7 @@ class GlueTask:
     self.name = self.spec.name
     self.head = "regression" if self.spec.is_regression else "classification"
     self.num_labels = self.spec.num_labels
+    self.label_names = tuple(self.spec.label_names) or None  # None: regression
     self.main_metric, self.metric_mode = self.spec.main_metric, "max"
     self.train_split = self.spec.train_split
     self.eval_splits, self.test_splits = self.spec.eval_splits, self.spec.test_splits
@@ -86,19 +87,19 @@ class GlueTask:
     """[MASK] / special / vocab ids for in-step token corruption (distillation augmentation)."""
     return tokenization.special_token_ids(self.tokenizer)
 
+  def check_data(self) -> str:
+    """Where the data comes from ('tfds' | 'tsv'); downloads and prepares it with TFDS if
+    needed and allowed (glue.resolve_source)."""
+    d = self.config.data
+    return glue_data.resolve_source(self.spec, d.tfds_data_dir or None, d.source,
+                                    d.tsv_dir or None, d.get("download", True))
+
   def load(self, split: str):
     """Tokenized examples of `split`. data.train_limit caps the training split; data.eval_limit
     caps every other split (eval AND test: smoke runs)."""
     d = self.config.data
-    try:
-      ex = glue_data.load_examples(self.spec, split, data_dir=d.tfds_data_dir or None,
-                              source=d.source, tsv_dir=d.tsv_dir or None)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(
-          f"{e}\nGLUE data for {self.name}/{split} not found: set config.data.tfds_data_dir "
-          f"(or ${glue_data.TFDS_DIR_ENV}) to a TFDS data dir holding {self.spec.tfds_name}, or "
-          f"config.data.tsv_dir (or ${glue_data.GLUE_DIR_ENV}) to a download_glue_data.py output "
-          "dir.") from e
+    ex = glue_data.load_examples(self.spec, split, data_dir=d.tfds_data_dir or None,
+                                 source=self.check_data(), tsv_dir=d.tsv_dir or None)
     limit = d.train_limit if split == self.train_split else d.eval_limit
     if limit > 0:
       ex = {k: (v[:limit] if v is not None else None) for k, v in ex.items()}

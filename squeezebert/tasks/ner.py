@@ -44,20 +44,20 @@ class NerTask:
   def tokenizer(self):
     return tokenization.load_tokenizer(self.config.data.vocab or None)
 
+  def check_data(self) -> str:
+    """Where the data comes from ('tfds' | 'file'); downloads it if needed and allowed."""
+    d = self.config.data
+    return conll.resolve_source(d.tfds_data_dir or None, d.source, d.get("conll_dir") or None,
+                                d.get("download", True))
+
   def sentences(self, split: str) -> dict:
     """conll.load_sentences() of `split` (read once per task object)."""
     if split not in self._sentences:
       d = self.config.data
-      try:
-        self._sentences[split] = conll.load_sentences(
-            split, data_dir=d.tfds_data_dir or None, source=d.source,
-            conll_dir=d.get("conll_dir") or None, tag_scheme=d.get("tag_scheme", "auto"))
-      except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"{e}\nCoNLL-2003 data for {split} not found: set config.data.tfds_data_dir (or "
-            f"${conll.TFDS_DIR_ENV}) to a TFDS data dir holding {conll.TFDS_NAME}/, or "
-            f"config.data.conll_dir (or ${conll.CONLL_DIR_ENV}) to the raw CoNLL files."
-        ) from e
+      self._sentences[split] = conll.load_sentences(
+          split, data_dir=d.tfds_data_dir or None, source=d.source,
+          conll_dir=d.get("conll_dir") or None, tag_scheme=d.get("tag_scheme", "auto"),
+          download=d.get("download", True))
     return self._sentences[split]
 
   def load(self, split: str) -> batching.EncodedSplit:

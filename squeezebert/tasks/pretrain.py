@@ -32,6 +32,7 @@ def weighted_mean(x, w):
 class PretrainTask:
   name = "pretrain"
   head = "pretraining"
+  label_names = None
   num_labels = 2
   main_metric, metric_mode = "perplexity", "min"
   train_split = "train"
@@ -72,6 +73,16 @@ class PretrainTask:
   def special_tokens(self) -> dict:
     """[MASK] / special / vocab ids for in-step masking (squeezebert.train.masking)."""
     return tokenization.special_token_ids(self.tokenizer)
+
+  def check_data(self) -> str:
+    """The corpus is reachable: a local directory for text_corpus/*, else a TFDS dataset
+    (prepared, or downloaded by TFDS when the training split is read)."""
+    d = self.config.data
+    if d.corpus.startswith("text_corpus/") and not (d.corpus_dir and os.path.isdir(d.corpus_dir)):
+      raise FileNotFoundError(f"config.data.corpus={d.corpus!r} reads a local directory: set "
+                              f"--config.data.corpus_dir to a directory of text files (got "
+                              f"{d.corpus_dir!r})")
+    return "tfds"
 
   def load(self, split: str):
     d = self.config.data

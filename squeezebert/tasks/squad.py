@@ -31,6 +31,7 @@ DEV_TRAIN, DEV_HELDOUT = "dev_train", "dev_heldout"
 
 class SquadTask:
   head = "qa"
+  label_names = None
   num_labels = 2
 
   def __init__(self, config):
@@ -58,15 +59,9 @@ class SquadTask:
 
   def _source_examples(self, split: str) -> list:
     d = self.config.data
-    try:
-      return squad.load_examples(split, data_dir=d.tfds_data_dir or None, source=d.source,
-                                 squad_dir=d.get("squad_dir") or None)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(
-          f"{e}\nSQuAD v1.1 data for {split} not found: set config.data.tfds_data_dir (or "
-          f"${squad.TFDS_DIR_ENV}) to a TFDS data dir holding {squad.TFDS_NAME}, or "
-          f"config.data.squad_dir (or ${squad.SQUAD_DIR_ENV}) to a dir with "
-          f"{squad.FILES[split]}.") from e
+    return squad.load_examples(split, data_dir=d.tfds_data_dir or None, source=d.source,
+                               squad_dir=d.get("squad_dir") or None,
+                               download=d.get("download", True))
 
   @functools.cached_property
   def _dev_parts(self):
@@ -77,6 +72,12 @@ class SquadTask:
                  "%d questions; training articles: %s", len(titles), len(train), len(held),
                  titles)
     return {DEV_TRAIN: train, DEV_HELDOUT: held}
+
+  def check_data(self) -> str:
+    """Where the data comes from ('tfds' | 'file'); downloads it if needed and allowed."""
+    d = self.config.data
+    return squad.resolve_source(d.tfds_data_dir or None, d.source, d.get("squad_dir") or None,
+                                d.get("download", True))
 
   def examples(self, split: str) -> list:
     if split in (DEV_TRAIN, DEV_HELDOUT):

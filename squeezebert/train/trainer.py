@@ -21,6 +21,7 @@ from flax import nnx
 from squeezebert import tasks as tasks_lib
 from squeezebert import workdir as workdir_lib
 from squeezebert.data import batching
+from squeezebert.model import param_count
 from squeezebert.train import evaluate, optim, setup as setup_lib, steps as steps_lib
 from squeezebert.train.logger import MetricLogger, Progress
 from squeezebert.train.mesh import Mesh
@@ -118,6 +119,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   task = tasks_lib.get_task(config)
   if config.mode == "train" and task.train_split is None:
     raise ValueError(f"task {task.name} has no training split; use mode=predict")
+  data_source = task.check_data()  # before the model is built or the workdir is touched
   saved = (workdir_lib.read_run_file(workdir)
            if os.path.exists(os.path.join(workdir, workdir_lib.RUN_FILE)) else {})
   # eval/predict of a run that trained a projection: its checkpoints hold it
@@ -127,12 +129,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   run = dict(task=task.name, model=model.config.replace(dtype="float32").architecture_dict(),
              head=task.head, num_labels=task.num_labels, best_metric=task.main_metric,
              best_mode=task.metric_mode)
+  if task.label_names:  # exports carry them (config.json id2label, pipelines)
+    run["labels"] = list(task.label_names)
   qcfg = setup_lib.quant_config(config)
   if qcfg.enabled:  # absent for float runs (older workdirs have no such key either)
     run["quant"] = {k: v for k, v in qcfg.to_dict().items() if k != "calib_batches"}
   if setup.projection:
     run["distill_projection"] = list(setup.projection)
   data = None
+  if config.mode != "train":
+    changes = workdir_lib.resume_config_changes(workdir, config, workdir_lib.EVAL_FIELDS)
+    if changes:
+      raise ValueError(
+          f"{config.mode} of {workdir}: the config differs from the one it was trained with: "
+          f"{'; '.join(changes)}. Leave out --config to use the saved one "
+          f"(python -m squeezebert.main --workdir={workdir} --mode={config.mode}).")
   if config.mode == "train":
     data = load_data(task)
     changes = workdir_lib.resume_config_changes(workdir, config)
@@ -144,6 +155,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if changes:
       logging.warning("resuming %s with a changed config (allow_config_change): %s", workdir,
                       "; ".join(changes))
+  logging.info("%s", banner(config, task, model, data_source, workdir))
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.WorkdirLock(workdir):
     workdir_lib.write_run_file(workdir, run)
@@ -155,6 +167,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return _train(config, workdir, task, model, ckpts, Mesh(), data, setup.teacher)
     finally:
       ckpts.close()
+
+
+def banner(config, task, model, data_source: str, workdir: str) -> str:
+  """One block saying what this run is: task, model, devices, data, workdir."""
+  n = param_count(model)
+  return "\n".join([
+      f"{config.mode} {task.name}: {task.head} head, {task.num_labels} label(s), metric "
+      f"{task.main_metric or '-'}",
+      f"  model {config.model.variant if not config.init_from else config.init_from}: "
+      f"{model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
+      f"{n / 1e6:.2f}M parameters, compute {config.dtype}",
+      f"  devices: {jax.device_count()} x {jax.devices()[0].device_kind} "
+      f"({jax.default_backend()}), {jax.process_count()} process(es)",
+      f"  data: {data_source} (batch {config.batch_size}, max_len {config.data.max_len})",
+      f"  workdir: {workdir}"])
 
 
 def load_data(task) -> dict:
