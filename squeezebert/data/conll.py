@@ -90,6 +90,10 @@ def _load_tfds(split: str, data_dir: str | None) -> tuple[list, list]:
 
   if data_dir is not None and "://" not in data_dir and not os.path.isdir(data_dir):
     raise FileNotFoundError(f"TFDS data_dir does not exist: {data_dir}")
+  if not tfds_prepared(data_dir):
+    raise FileNotFoundError(f"TFDS dataset {TFDS_NAME} is not prepared under "
+                            f"{tfds_data_dir(data_dir)} (source='tfds'; source='auto' would "
+                            "download it)")
   data_dir = data_dir or os.environ.get(TFDS_DIR_ENV) or None
   builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
   names = tuple(builder.info.features["ner"].feature.names)

@@ -224,7 +224,8 @@ def _load_tsv(spec: TaskSpec, split: str, tsv_dir: str) -> dict:
     raise FileNotFoundError(f"GLUE TSV directory does not exist: {tsv_dir}")
   path = tsv_path(spec, split, tsv_dir)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"GLUE TSV file for {spec.name}/{split} not found: {path}")
+    raise FileNotFoundError(f"GLUE TSV file for {spec.name}/{split} not found: {path} (the TSV "
+                            "dir comes from config.data.tsv_dir or $GLUE_DIR)")
   idx, texts, labels, skipped = [], [[] for _ in spec.text_keys], [], []
   test = split.startswith("test")
   for n, (line, row) in enumerate(_read_tsv_rows(spec, path, split)):

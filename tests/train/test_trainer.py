@@ -359,7 +359,8 @@ def test_missing_data_names_what_to_set(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(empty))
   monkeypatch.delenv("GLUE_DIR", raising=False)
   with pytest.raises(FileNotFoundError, match=r"config\.data\.tfds_data_dir") as e:
-    trainer.train_and_evaluate(runlocal(data__tfds_data_dir=""), str(tmp_path / "wd"))
+    trainer.train_and_evaluate(runlocal(data__tfds_data_dir="", data__download=False),
+                               str(tmp_path / "wd"))
   assert "TFDS_DATA_DIR" in str(e.value) and "config.data.tsv_dir" in str(e.value)
   with pytest.raises(FileNotFoundError, match=r"config\.data\.tsv_dir") as e:
     trainer.train_and_evaluate(runlocal(data__source="tsv", data__tsv_dir=str(empty)),
