@@ -13,6 +13,7 @@ the process max RSS is reported beside it.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
@@ -43,6 +44,7 @@ def table_peak(device_kind: str, dtype: str) -> float | None:
   return None
 
 
+@functools.lru_cache(maxsize=None)
 def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
   """Best dense-matmul FLOP/s of an n x n x n jitted dot on the default device (on CPU the
   bench's 'peak': what XLA:CPU's GEMM reaches on these cores)."""

@@ -270,8 +270,7 @@ def test_distillation_with_augmentation(teacher_dir):
   assert aug["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
   assert aug["kd_loss"] != pytest.approx(plain["kd_loss"], rel=1e-3)
   # Three copies: (1 + 3) B rows; the task loss still reads only the first B.
-  same3, aug3 = first_step(1e-9, 3), first_step(0.3, 3)
-  assert same3["kd_loss"] == pytest.approx(plain["kd_loss"], rel=1e-5)
+  aug3 = first_step(0.3, 3)
   assert aug3["task_loss"] == pytest.approx(plain["task_loss"], rel=1e-5)
   assert aug3["kd_loss"] != pytest.approx(aug["kd_loss"], rel=1e-3)
 

@@ -121,7 +121,7 @@ def test_kill_and_resume_matches_uninterrupted(sst2_run, tmp_path, monkeypatch):
   _, ref_wd, ref_result = sst2_run
   wd = tmp_path / "killed"
   cmd = _main_cmd(wd, "--config.num_train_steps=4", "--config.checkpoint_every_steps=2",
-                  "--config.step_delay_secs=1.5")
+                  "--config.step_delay_secs=0.75")
   env = _subprocess_env()
   log1 = tmp_path / "run1.log"
   with open(log1, "w") as out:
