@@ -5,11 +5,9 @@ predictions, and a console that says what happens."""
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import REPO, needs_tfds, runlocal

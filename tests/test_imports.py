@@ -7,6 +7,8 @@ hide behind a deferred import."""
 
 import ast
 import pathlib
+import shutil
+import subprocess
 
 import pytest
 
@@ -125,3 +127,14 @@ def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
   assert edges["a.x"] == {"b"} and "a.x" in edges["b"] and local == ["b:2"]
   with pytest.raises(AssertionError, match="import cycles"):
     test_no_import_cycle()
+
+
+def test_no_unused_imports_or_undefined_names():
+  """pyflakes' rules (ruff F: unused imports and variables, undefined names, redefinitions)
+  over the package, the tests, the experiments and the configs."""
+  ruff = shutil.which("ruff") or pytest.skip("ruff is not installed (the dev extra has it)")
+  root = PKG.parent
+  p = subprocess.run([ruff, "check", "--select", "F", "--output-format", "concise",
+                      "squeezebert", "tests", "experiments", "configs"],
+                     cwd=root, capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-1000:]

@@ -7,7 +7,6 @@ gives the same examples whichever source is present.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import os

@@ -14,7 +14,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from squeezebert import cli  # noqa: E402
 from squeezebert.data import keep_tensorflow_off_accelerators  # noqa: E402
-from squeezebert.quant import cli  # noqa: E402
+from squeezebert.quant import cli as quant_cli  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training workdir (run.json + checkpoints)")
 flags.DEFINE_enum("mode", "int8", ["ptq", "int8"], "ptq: quantize afresh; int8: as trained")
@@ -38,8 +38,8 @@ def main(argv):
   keep_tensorflow_off_accelerators()
   names = ("weight_bits", "act_bits", "act_mode", "modules", "calib_batches")
   overrides = {n: getattr(FLAGS, n) for n in names if getattr(FLAGS, n) is not None}
-  result = cli.run(FLAGS.workdir, FLAGS.mode, FLAGS.out, overrides, config=FLAGS.config,
-                   eval_source=FLAGS.eval_source)
+  result = quant_cli.run(FLAGS.workdir, FLAGS.mode, FLAGS.out, overrides, config=FLAGS.config,
+                         eval_source=FLAGS.eval_source)
   print(json.dumps({k: result[k] for k in ("tag", "int8", "source", "size_ratio")
                     if k in result}, indent=2))
 

@@ -1,7 +1,6 @@
 """GLUE input pipeline: tokenizer parity with transformers, TFDS/TSV parity, batching."""
 
 import collections
-import os
 import pathlib
 import subprocess
 import sys

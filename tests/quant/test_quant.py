@@ -7,7 +7,6 @@ Tiny models on CPU; the module shares test_train's fast-compile fixture.
 """
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp

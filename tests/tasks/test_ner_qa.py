@@ -11,12 +11,10 @@ import random
 import re
 import string
 
-import jax
 import numpy as np
 import pytest
 
 from conftest import config, read_jsonl
-from squeezebert import load
 from squeezebert.metrics import ner as metrics_ner, squad as metrics_squad
 from squeezebert.data import conll, squad
 from squeezebert.data import tokenizer as tokenization

@@ -7,7 +7,6 @@ import os
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -301,7 +300,6 @@ def test_pretrain_bad_config(corpus_dir, tmp_path):
 def test_pretrain_hidden_state_distillation_from_a_plain_encoder(corpus_dir, tmp_path):
   """alpha=0, hidden_weight>0: a teacher with no MLM head (a plain encoder, like the MiniLM
   checkpoint) guides pretraining through its hidden states, reading the unmasked text."""
-  from squeezebert.train import distill  # noqa: PLC0415
   teacher_dir = tmp_path / "teacher"
   cfg = _pretrain_cfg(corpus_dir, tmp_path)
   tcfg = get_config(cfg.model.variant, vocab_size=cfg.model.vocab_size,

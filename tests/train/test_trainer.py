@@ -5,7 +5,6 @@ Everything runs the `runlocal` tiny model on CPU (conftest.py: two host devices,
 compiles, a compilation cache shared with subprocesses).
 """
 
-import hashlib
 import json
 import logging as pylog
 import os
@@ -23,7 +22,6 @@ import pytest
 from flax import nnx
 
 import conftest as kit_lib
-from squeezebert import load
 from squeezebert.train.mesh import Mesh
 from squeezebert.train import setup as setup_lib
 from squeezebert import workdir as ckpt_lib
