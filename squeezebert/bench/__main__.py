@@ -1,10 +1,10 @@
-"""python -m squeezebert.bench: inference or training benchmarks, JSON out.
+"""python -m squeezebert.bench: inference or training benchmarks, JSON out (--json FILE).
 
-  python -m squeezebert.bench --variant squeezebert-base --batch 32 --seq 128 [--dtype bf16]
-  python -m squeezebert.bench --compare --rounds 16           # squeezebert-base vs bert-base
-  python -m squeezebert.bench --quant int8                    # fp32 / bf16 / int8 side by side
-  python -m squeezebert.bench --mode train --dtype bf16 --batch 256 [--remat full]
-  python -m squeezebert.bench --mode train --compare_hf --batch 8   # ours vs HF PyTorch, CPU
+  --variant squeezebert-base --batch 32 --seq 128 [--dtype bf16]  inference latency
+  --compare --rounds 16 | --quant int8        vs bert-base | fp32 / bf16 / int8
+  --mode train --dtype bf16 --batch 256       the trainer's step: MFU, memory
+  --mode train --compare_hf --batch 8         ours vs HF PyTorch, interleaved (CPU)
+CPU code paths (layouts, batch chunks): squeezebert.bench.compare_paths, docs/performance.md.
 """
 
 import json
@@ -14,7 +14,7 @@ from absl import app, flags
 
 from squeezebert import cli
 from squeezebert.bench import inference, train
-from squeezebert.model.config import ATTENTION_IMPLS, GROUPED_LAYOUTS, REMAT_POLICIES
+from squeezebert.model.config import ATTENTION_IMPLS, REMAT_POLICIES
 
 flags.DEFINE_enum("mode", "inference", ["inference", "train"], "what to time")
 flags.DEFINE_string("variant", "squeezebert-base", "model preset")
@@ -37,9 +37,6 @@ flags.DEFINE_bool("fused_qkv", False, "train: one fused q/k/v projection")
 flags.DEFINE_enum("rng_impl", "threefry", ["threefry", "rbg", "unsafe_rbg"], "train: PRNG")
 flags.DEFINE_float("attention_dropout", None, "train: attention_probs_dropout_prob override")
 flags.DEFINE_bool("compare_hf", False, "train: time HF PyTorch's steps interleaved (CPU)")
-flags.DEFINE_enum("layout", "auto", list(GROUPED_LAYOUTS), "inference: grouped layout (CPU)")
-flags.DEFINE_string("batch_chunk", "auto", "inference: sequences per chunk (auto|0|N; CPU)")
-flags.DEFINE_integer("paths_rounds", 0, "inference: > 0 times the CPU code paths instead")
 F = flags.FLAGS
 
 
@@ -58,16 +55,10 @@ def _train():
 
 
 def _inference():
-  kw = dict(head=F.head or "base", layers=F.layers, warmup=F.warmup, iters=F.iters, layout=F.layout,
-            batch_chunk=F.batch_chunk if F.batch_chunk == "auto" else int(F.batch_chunk))
+  kw = dict(head=F.head or "base", layers=F.layers, warmup=F.warmup, iters=F.iters)
   if F.quant != "none" and F.compare:
     raise app.UsageError("--quant and --compare are separate comparisons: give one")
-  if F.paths_rounds:
-    out = inference.compare_paths(F.variant, F.batch, F.seq, F.paths_rounds)
-    for k in out["median"]:
-      print(f"{F.variant} {k:24s} median {out['median'][k]:7.2f}  min {out['min'][k]:7.2f} "
-            "ms/seq")
-  elif F.quant != "none":
+  if F.quant != "none":
     out = inference.compare_quant(F.variant, F.batch, F.seq, F.quant, **kw)
     for r in out["results"].values():
       print(inference.summary(r))
