@@ -10,7 +10,7 @@ Arguments (after the colon, comma-separated):
 Overrides: --config.learning_rate=3e-5 --config.num_epochs=5 --config.data.eval_splits="('dev',)"
 What it does: each word's first WordPiece carries the word's tag (the others are ignored by the
 loss); predictions are mapped back to words and scored with entity-level precision / recall /
-F1 (seqeval/conlleval-equivalent, squeezebert/metrics_ner.py) and word accuracy. By default both
+F1 (seqeval/conlleval-equivalent, squeezebert/metrics/ner.py) and word accuracy. By default both
 dev and test are evaluated (metrics `dev/f1`, `test/f1`, ...); the best checkpoint is picked by
 dev F1. --config.mode=predict writes `word gold predicted` files (conlleval input) for test.
 Expect: BERT-base reaches ~92 test F1 after 3 epochs (Devlin et al. 2019); a from-scratch model

@@ -120,7 +120,7 @@ def base_train_config() -> ml_collections.ConfigDict:
       augment_copies=1,           # corrupted copies per batch (student and teacher see (1+n)B rows)
       embedding_init=False,       # a from-scratch student's word embeddings start as the
                                   # teacher's table projected to its width (closed-form
-                                  # TinyBERT embedding loss; squeezebert/embed_init.py)
+                                  # TinyBERT embedding loss; squeezebert/train/embed_init.py)
   ))
   # Quantization (squeezebert/quant): QAT is a switch of this trainer; PTQ / int8 conversion
   # of a finished workdir: python -m squeezebert.quant --workdir RUN --mode ptq|int8 --out DIR.
