@@ -13,6 +13,7 @@ import numpy as np
 
 from squeezebert.data import tokenizer as tokenization
 from squeezebert.data.glue import TaskSpec
+from squeezebert.data.sharding import owned_shards, shard_range  # noqa: F401 (re-exported)
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512)
 # Sort windows of this many batches by length: batches of similar lengths pad little, while the
@@ -66,12 +67,14 @@ def num_batches(enc: EncodedSplit | int, batch_size: int, drop_remainder: bool) 
 
 
 def batch_order(enc: EncodedSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
-                epoch: int = 0, drop_remainder: bool) -> list[np.ndarray]:
-  """Example indices of each batch of one epoch (one may be short unless drop_remainder)."""
+                epoch: int = 0, drop_remainder: bool, stream: int | None = None
+                ) -> list[np.ndarray]:
+  """Example indices of each batch of one epoch (one may be short unless drop_remainder).
+  `stream` (a data shard's number) gives each shard of a split its own order."""
   n = len(enc)
   order = np.arange(n)
   if shuffle:
-    rng = np.random.default_rng([seed, epoch])
+    rng = np.random.default_rng([seed, epoch] if stream is None else [seed, epoch, stream])
     order = rng.permutation(n)
     window = SORT_WINDOW_BATCHES * batch_size
     # Windows are whole batches, so only the final batch can be short.
@@ -108,28 +111,34 @@ def batches(enc: EncodedSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
   if not 0 <= start_batch <= len(order):
     raise ValueError(f"start_batch={start_batch} outside [0, {len(order)}]")
   for sel in order[start_batch:]:
-    real = len(sel)
     L = _bucket_len(int(enc.lengths[sel].max()), bucket_boundaries, enc.max_len)
-    lengths = np.zeros((batch_size,), np.int32)
-    lengths[:real] = enc.lengths[sel]
-    batch = {
-        "input_ids": np.zeros((batch_size, L), np.int32),
-        "token_type_ids": np.zeros((batch_size, L), np.int32),
-        "labels": np.zeros((batch_size,), enc.labels.dtype),
-        "example_weight": np.zeros((batch_size,), np.float32),
-        "idx": np.full((batch_size,), -1, np.int32),
-    }
-    batch["input_ids"][:real] = enc.input_ids[sel, :L]
-    batch["token_type_ids"][:real] = enc.token_type_ids[sel, :L]
-    batch["attention_mask"] = (np.arange(L)[None, :] < lengths[:, None]).astype(np.int32)
-    batch["labels"][:real] = enc.labels[sel]
-    batch["example_weight"][:real] = 1.0
-    batch["idx"][:real] = enc.idx[sel]
-    for name, arr in enc.token_extras.items():
-      batch[name] = _padded_rows(arr[sel, :L], batch_size, enc.extra_pad.get(name, 0))
-    for name, arr in enc.example_extras.items():
-      batch[name] = _padded_rows(arr[sel], batch_size, enc.extra_pad.get(name, 0))
-    yield batch
+    yield make_batch(enc, sel, batch_size, L)
+
+
+def make_batch(enc: EncodedSplit, sel: np.ndarray, batch_size: int, L: int) -> dict:
+  """The examples `sel` of `enc` as one batch of `batch_size` rows padded to length L (rows
+  past len(sel) have example_weight 0, idx -1, label 0 and an all-zero attention_mask)."""
+  real = len(sel)
+  lengths = np.zeros((batch_size,), np.int32)
+  lengths[:real] = enc.lengths[sel]
+  batch = {
+      "input_ids": np.zeros((batch_size, L), np.int32),
+      "token_type_ids": np.zeros((batch_size, L), np.int32),
+      "labels": np.zeros((batch_size,), enc.labels.dtype),
+      "example_weight": np.zeros((batch_size,), np.float32),
+      "idx": np.full((batch_size,), -1, np.int32),
+  }
+  batch["input_ids"][:real] = enc.input_ids[sel, :L]
+  batch["token_type_ids"][:real] = enc.token_type_ids[sel, :L]
+  batch["attention_mask"] = (np.arange(L)[None, :] < lengths[:, None]).astype(np.int32)
+  batch["labels"][:real] = enc.labels[sel]
+  batch["example_weight"][:real] = 1.0
+  batch["idx"][:real] = enc.idx[sel]
+  for name, arr in enc.token_extras.items():
+    batch[name] = _padded_rows(arr[sel, :L], batch_size, enc.extra_pad.get(name, 0))
+  for name, arr in enc.example_extras.items():
+    batch[name] = _padded_rows(arr[sel], batch_size, enc.extra_pad.get(name, 0))
+  return batch
 
 
 def _padded_rows(rows: np.ndarray, batch_size: int, fill) -> np.ndarray:
@@ -148,3 +157,83 @@ def shard_batch_for_process(batch: dict, process_index: int, process_count: int)
     raise ValueError(f"global batch {b} not divisible by process_count={process_count}")
   per = b // process_count
   return {k: v[process_index * per:(process_index + 1) * per] for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data shards: a split read as `count` contiguous parts, each process holding its own.
+
+
+@dataclasses.dataclass
+class Shards:
+  """One split as `count` shards; this process holds `encs` (the shards `ids`). `sizes`: every
+  shard's size, on every process. A global batch of B rows is B/count rows of each shard,
+  concatenated in shard order, so the data order depends on `count`, not on how many
+  processes share the shards."""
+  encs: list
+  ids: list
+  count: int
+  sizes: list
+
+  def __len__(self) -> int:
+    return int(sum(self.sizes))
+
+  def per_shard(self, batch_size: int) -> int:
+    if batch_size % self.count:
+      raise ValueError(f"batch size {batch_size} must divide by config.data.shards="
+                       f"{self.count}")
+    return batch_size // self.count
+
+  def train_steps_per_epoch(self, batch_size: int) -> int:
+    per = self.per_shard(batch_size)
+    return min(self.sizes) // per
+
+
+def _agree_alone(x: np.ndarray) -> np.ndarray:
+  return x
+
+
+def train_batches(shards: Shards, batch_size: int, *, seed: int, epoch: int, start_batch: int,
+                  bucket_boundaries=DEFAULT_BUCKETS, agree=_agree_alone) -> Iterator[dict]:
+  """This process's rows of each training batch of one epoch, from batch `start_batch` on.
+  One shard is exactly `batches(..., shuffle=True, drop_remainder=True)`. With several, each
+  shard has its own order (stream = its number), epochs are as long as the smallest shard
+  allows, and the padded length of a step is the longest any shard needs: `agree` maps this
+  process's per-step lengths to the maximum over all processes (one exchange per epoch)."""
+  if shards.count == 1:
+    yield from batches(shards.encs[0], batch_size, shuffle=True, seed=seed, epoch=epoch,
+                       start_batch=start_batch, bucket_boundaries=bucket_boundaries,
+                       drop_remainder=True)
+    return
+  per = shards.per_shard(batch_size)
+  steps = shards.train_steps_per_epoch(batch_size)
+  orders = [batch_order(enc, per, shuffle=True, seed=seed, epoch=epoch, drop_remainder=True,
+                        stream=s)[:steps] for enc, s in zip(shards.encs, shards.ids)]
+  yield from _joined(shards, orders, per, start_batch, steps, bucket_boundaries, agree)
+
+
+def eval_batches(shards: Shards, batch_size: int, *, bucket_boundaries=DEFAULT_BUCKETS,
+                 agree=_agree_alone) -> Iterator[dict]:
+  """This process's rows of each eval batch (every example once; short shards pad with
+  weight-0 rows, so all processes run the same number of batches)."""
+  if shards.count == 1:
+    yield from batches(shards.encs[0], batch_size, shuffle=False, drop_remainder=False,
+                       bucket_boundaries=bucket_boundaries)
+    return
+  per = shards.per_shard(batch_size)
+  steps = max(-(-n // per) for n in shards.sizes)
+  orders = [batch_order(enc, per, shuffle=False, drop_remainder=False)
+            for enc in shards.encs]
+  yield from _joined(shards, orders, per, 0, steps, bucket_boundaries, agree)
+
+
+def _joined(shards, orders, per, start, steps, bucket_boundaries, agree):
+  empty = np.zeros((0,), np.int64)
+  sels = [[o[t] if t < len(o) else empty for o in orders] for t in range(steps)]
+  need = np.array([max(_bucket_len(int(enc.lengths[sel].max()) if len(sel) else 0,
+                                   bucket_boundaries, enc.max_len)
+                       for enc, sel in zip(shards.encs, row)) for row in sels[start:]],
+                  np.int32)
+  lengths = agree(need)  # the same padded length on every process
+  for t, L in zip(range(start, steps), lengths):
+    parts = [make_batch(enc, sel, per, int(L)) for enc, sel in zip(shards.encs, sels[t])]
+    yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from squeezebert.data import tfds_util
+from squeezebert.data.sharding import shard_range
 
 TFDS_DIR_ENV = "TFDS_DATA_DIR"
 GLUE_DIR_ENV = "GLUE_DIR"
@@ -298,6 +299,8 @@ def load_examples(
     data_dir: str | None = None,
     source: str = "auto",
     tsv_dir: str | None = None,
+    shard: tuple[int, int] | None = None,
+    limit: int = 0,
 ) -> dict:
   """Loads one split: {'idx': int32[N], 'text_a': [str], 'text_b': [str] | None, 'label': [N]}.
 
@@ -308,6 +311,11 @@ def load_examples(
 
   source: 'tfds' (data_dir, else $TFDS_DATA_DIR, else TFDS' default), 'tsv' (tsv_dir, else
   $GLUE_DIR), or 'auto' (resolve_source: prepared TFDS, else the TSVs, else a TFDS download).
+
+  limit > 0: the first `limit` examples. shard=(index, count): only that contiguous part of
+  them (sharding.shard_range). From TFDS a shard reads only its own records (a split slice
+  `train[a:b]` in TFDS's record order, then sorted by idx); from TSV files the examples are
+  sliced in idx order (reading a GLUE TSV is cheap; tokenizing is what sharding saves).
   """
   spec = task if isinstance(task, TaskSpec) else get_task(task)
   if split not in _splits(spec):
@@ -315,9 +323,28 @@ def load_examples(
   tsv_dir = tsv_dir or os.environ.get(GLUE_DIR_ENV) or None
   source = resolve_source(spec, data_dir, source, tsv_dir)
   if source == "tfds":
-    return _load_tfds(spec, split, data_dir)
-  if source == "tsv":
+    if shard is not None and shard[1] > 1:
+      n = _tfds_num_examples(spec, split, data_dir)
+      a, b = shard_range(min(n, limit) if limit > 0 else n, *shard)
+      return _load_tfds(spec, f"{split}[{a}:{b}]", data_dir)
+    ex = _load_tfds(spec, split, data_dir)
+  elif source == "tsv":
     if not tsv_dir:
       raise ValueError(f"source='tsv' needs tsv_dir or ${GLUE_DIR_ENV}")
-    return _load_tsv(spec, split, tsv_dir)
-  raise ValueError(f"source must be 'auto', 'tfds' or 'tsv', got {source!r}")
+    ex = _load_tsv(spec, split, tsv_dir)
+  else:
+    raise ValueError(f"source must be 'auto', 'tfds' or 'tsv', got {source!r}")
+  n = len(ex["idx"])
+  a, b = 0, (min(n, limit) if limit > 0 else n)
+  if shard is not None:
+    a, b = shard_range(b, *shard)
+  if (a, b) != (0, n):
+    ex = {k: (v[a:b] if v is not None else None) for k, v in ex.items()}
+  return ex
+
+
+def _tfds_num_examples(spec: TaskSpec, split: str, data_dir: str | None) -> int:
+  import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir or os.environ.get(TFDS_DIR_ENV)
+                         or None)
+  return int(builder.info.splits[split].num_examples)

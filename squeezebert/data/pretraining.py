@@ -136,7 +136,7 @@ def build_sop_split(documents, tokenizer, max_len: int, seed: int, *,
                max_len, 100.0 * lengths.sum() / max(1, n * max_len))
   if path:
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
+    tmp = f"{path}.tmp-{os.getpid()}.npz"  # several processes may pack the same split
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
   return _from_arrays(arrays)

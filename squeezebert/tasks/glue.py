@@ -94,15 +94,18 @@ class GlueTask:
     return glue_data.resolve_source(self.spec, d.tfds_data_dir or None, d.source,
                                     d.tsv_dir or None, d.get("download", True))
 
-  def load(self, split: str):
-    """Tokenized examples of `split`. data.train_limit caps the training split; data.eval_limit
-    caps every other split (eval AND test: smoke runs)."""
+  # Eval metrics need only the gathered per-example outputs: eval splits can be sharded.
+  eval_shardable = True
+
+  def load(self, split: str, shard: tuple[int, int] | None = None):
+    """Tokenized examples of `split` (shard=(index, count): only that part, read and tokenized
+    alone). data.train_limit caps the training split; data.eval_limit caps every other split
+    (eval AND test: smoke runs)."""
     d = self.config.data
-    ex = glue_data.load_examples(self.spec, split, data_dir=d.tfds_data_dir or None,
-                                 source=self.check_data(), tsv_dir=d.tsv_dir or None)
     limit = d.train_limit if split == self.train_split else d.eval_limit
-    if limit > 0:
-      ex = {k: (v[:limit] if v is not None else None) for k, v in ex.items()}
+    ex = glue_data.load_examples(self.spec, split, data_dir=d.tfds_data_dir or None,
+                                 source=self.check_data(), tsv_dir=d.tsv_dir or None,
+                                 shard=shard, limit=limit)
     # Test sets are unlabeled and GLUE has a handful of empty test sentences: keep them
     # (they encode as [CLS] [SEP]); an empty training/dev sentence is a data error.
     allow_empty = split in self.test_splits

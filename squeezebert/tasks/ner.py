@@ -16,7 +16,9 @@ import optax
 from absl import logging
 
 from squeezebert.metrics import ner as metrics_ner
-from squeezebert.data import batching, conll
+from squeezebert.data import batching
+from squeezebert.data import conll
+from squeezebert.data.sharding import shard_range
 from squeezebert.data import tokenizer as tokenization
 from squeezebert.tasks.common import lookup_split, split_base
 
@@ -60,13 +62,21 @@ class NerTask:
           download=d.get("download", True))
     return self._sentences[split]
 
-  def load(self, split: str) -> batching.EncodedSplit:
+  # Eval metrics map token predictions back to each sentence's words (host-side metadata of
+  # the loaded split): eval splits are read whole by every process; training splits are sharded.
+  eval_shardable = False
+
+  def load(self, split: str, shard: tuple[int, int] | None = None) -> batching.EncodedSplit:
+    """Tokenized sentences of `split` (shard=(index, count): only that part, tokenized alone)."""
     d = self.config.data
     data = self.sentences(split)
     limit = d.train_limit if split == self.train_split else d.eval_limit
     words, tags = data["words"], data["tags"]
     if limit > 0:
       words, tags = words[:limit], tags[:limit]
+    if shard is not None:
+      a, b = shard_range(len(words), *shard)
+      words, tags = words[a:b], tags[a:b]
     enc = conll.align_words(self.tokenizer, words, tags, d.max_len)
     if enc["num_truncated"]:
       logging.info("%s/%s: %d of %d sentences truncated to %d tokens (%d words lost, "

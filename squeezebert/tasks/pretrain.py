@@ -84,19 +84,30 @@ class PretrainTask:
                               f"{d.corpus_dir!r})")
     return "tfds"
 
-  def load(self, split: str):
+  # Eval metrics are sums over the gathered outputs: eval splits can be sharded.
+  eval_shardable = True
+
+  def load(self, split: str, shard: tuple[int, int] | None = None):
+    """Packed SOP sequences of `split`. shard=(index, count): document i belongs to shard
+    i % count; only this shard's documents are tokenized and packed (its own random stream).
+    Multi-process runs should read a corpus prepared offline instead (data.prepared_dir)."""
     d = self.config.data
     limit = d.train_limit if split == self.train_split else d.eval_limit
     docs = text_corpus.load_documents(d.corpus, split, data_dir=d.tfds_data_dir or None,
                                       corpus_dir=d.corpus_dir, limit=limit)
+    seed = self.config.seed + (0 if split == self.train_split else 1)
+    if shard is not None and shard[1] > 1:
+      docs = (doc for i, doc in enumerate(docs) if i % shard[1] == shard[0])
+      seed = [seed, shard[0]]
     cache_dir = d.cache_dir or os.path.join(
         d.tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
             "~/tensorflow_datasets"), "squeezebert_cache")
-    seed = self.config.seed + (0 if split == self.train_split else 1)
-    enc = pretraining.build_sop_split(
-        docs, self.tokenizer, d.max_len, seed, cache_dir=cache_dir,
-        cache_key=dict(corpus=d.corpus, dir=os.path.abspath(d.corpus_dir) if d.corpus_dir else "",
-                       split=split, limit=limit, vocab=self.config.data.vocab or "default"))
+    key = dict(corpus=d.corpus, dir=os.path.abspath(d.corpus_dir) if d.corpus_dir else "",
+               split=split, limit=limit, vocab=self.config.data.vocab or "default")
+    if shard is not None and shard[1] > 1:
+      key["shard"] = list(shard)
+    enc = pretraining.build_sop_split(docs, self.tokenizer, d.max_len, seed,
+                                      cache_dir=cache_dir, cache_key=key)
     logging.info("pretrain/%s: %d sequences, %d tokens", split, len(enc), int(enc.lengths.sum()))
     return enc
 

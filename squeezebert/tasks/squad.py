@@ -22,7 +22,9 @@ import optax
 from absl import logging
 
 from squeezebert.metrics import squad as metrics_squad
-from squeezebert.data import batching, squad
+from squeezebert.data import batching
+from squeezebert.data import squad
+from squeezebert.data.sharding import shard_range
 from squeezebert.data import tokenizer as tokenization
 from squeezebert.tasks.common import lookup_split, split_base
 
@@ -90,9 +92,18 @@ class SquadTask:
     limit = d.train_limit if split == self.train_split else d.eval_limit
     return ex[:limit] if limit > 0 else ex
 
-  def load(self, split: str) -> batching.EncodedSplit:
+  # Eval metrics map windows back to their question and context (host-side metadata of the
+  # loaded split): eval splits are read whole by every process; training splits are sharded.
+  eval_shardable = False
+
+  def load(self, split: str, shard: tuple[int, int] | None = None) -> batching.EncodedSplit:
+    """Windows of `split`'s questions (shard=(index, count): of that part of the questions
+    only, featurized alone)."""
     d = self.config.data
     ex = self.examples(split)
+    if shard is not None:
+      a, b = shard_range(len(ex), *shard)
+      ex = ex[a:b]
     feats = squad.featurize(self.tokenizer, ex, d.max_len, int(d.get("doc_stride", 128)),
                             int(d.get("max_query_len", 64)))
     logging.info("%s/%s: %d questions -> %d windows (max_len %d); %d questions truncated",
