@@ -1,8 +1,12 @@
-"""Serving export with `jax.export`: serialized StableHLO with the weights baked in.
+"""Exports: `jax.export` StableHLO for servers (default), ONNX for devices.
 
     python -m squeezebert.export --model RUN_OR_MODEL_DIR --out DIR [--batch 0 --seq 0]
     fn = squeezebert.export.load(DIR)              # in any process; needs only jax
     outputs = fn(input_ids, attention_mask, token_type_ids)   # dict of numpy arrays
+
+    python -m squeezebert.export --format onnx [--quant int8] --model RUN --out DIR
+    # DIR/model.onnx + deploy.json + tokenizer files: runs on onnxruntime alone (no JAX);
+    # squeezebert.deploy, docs/deployment.md. Needs pip install -e ".[export]".
 
 --model takes anything `squeezebert.from_pretrained` loads: a training workdir (best
 checkpoint), our model dir, an int8 model dir (squeezebert.quant) or an HF dir. Batch and
@@ -12,8 +16,10 @@ serialized jax.export.Exported: StableHLO + calling convention), export.json (in
 names, shapes, platforms, the source) and, with --check, check.npz (inputs and the outputs of
 the in-process model, which `load` reproduces exactly).
 
-TFLite is not produced: jax2tf's TFLite path needs the TF converter on StableHLO with
-symbolic shapes and qwix's int8 ops; the StableHLO artifact is what IREE / XLA serving take.
+The StableHLO artifact is what IREE / XLA serving take. TFLite is not produced: jax2tf's
+SavedModel holds an XlaCallModule whose StableHLO TF's converter cannot read (measured,
+docs/deployment.md); the on-device format is ONNX (--format onnx), int8 in ONNX Runtime's
+own kernels with --quant int8.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from flax import nnx
 
 from squeezebert import cli
 from squeezebert import assets as assets_lib
+from squeezebert.deploy import onnx_export
 from squeezebert.load import from_pretrained as load_model
 
 ARTIFACT = "model.jaxexport"
@@ -113,10 +120,45 @@ def load(out_dir: str):
   return fn
 
 
+def check_onnx(model, out_dir: str, batch: int, seq: int) -> dict:
+  """ONNX Runtime vs the in-process JAX model on a random batch (one padded row): max abs
+  difference per output and, for logits, how often the argmax agrees."""
+  rng = np.random.default_rng(0)
+  ids = rng.integers(1, min(model.config.vocab_size, 30522), (batch, seq)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[0, seq // 2:] = 0
+  types = np.zeros_like(ids)
+  ref = jax.tree.map(np.asarray, jax.jit(forward_fn(model))(ids, mask, types))
+  got = onnx_export.run(onnx_export.session(out_dir), ids, mask, types)
+  out = {f"max_abs_diff/{k}": float(np.max(np.abs(ref[k] - got[k]))) for k in got}
+  if "logits" in got:
+    out["argmax_agreement"] = float(np.mean(ref["logits"].argmax(-1) == got["logits"].argmax(-1)))
+  return out
+
+
+def main_onnx(f, model):
+  if f.batch or f.seq:
+    raise ValueError("--batch/--seq fix jax.export shapes; the ONNX graph takes any batch and "
+                     "length (dynamic axes)")
+  meta = onnx_export.export_onnx(model, f.out, f.quant, assets=assets_lib.of(f.model),
+                                 source=os.path.abspath(f.model))
+  if f.check:
+    res = check_onnx(model, f.out, 4, min(32, model.config.max_position_embeddings))
+    what = "int8 ONNX vs float JAX" if f.quant == "int8" else "ONNX vs JAX"
+    print(f"check ({what}): " + ", ".join(f"{k} {v:.3g}" for k, v in res.items()))
+  print(json.dumps({k: v for k, v in meta.items() if k != "model"}, indent=2))
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
   model = load_model(f.model)
+  if f.format == "onnx":
+    return main_onnx(f, model)
+  if f.quant != "none":
+    raise ValueError("--quant int8 is an ONNX option; for an int8 jax.export artifact export "
+                     "an int8 model directory (python -m squeezebert.quant ... --out DIR, then "
+                     "--model DIR)")
   meta = export_model(model, f.out, f.batch, f.seq, source=os.path.abspath(f.model),
                       assets=assets_lib.of(f.model))
   if f.check:
@@ -140,5 +182,9 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "output directory", required=True)
   flags.DEFINE_integer("batch", 0, "fixed batch size (0: symbolic)")
   flags.DEFINE_integer("seq", 0, "fixed sequence length (0: symbolic)")
-  flags.DEFINE_bool("check", True, "compare exported vs in-process outputs; save check.npz")
+  flags.DEFINE_bool("check", True, "compare exported vs in-process outputs (jax: save check.npz)")
+  flags.DEFINE_enum("format", "jax", ["jax", "onnx"],
+                    "jax: jax.export StableHLO (servers); onnx: ONNX Runtime (devices)")
+  flags.DEFINE_enum("quant", "none", list(onnx_export.QUANTS),
+                    "onnx: int8 weights per channel, dynamic int8 activations (ORT kernels)")
   cli.run(main)

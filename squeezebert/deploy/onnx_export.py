@@ -1,0 +1,104 @@
+"""An ONNX deploy directory: model.onnx (float32 or int8) + deploy.json + the tokenizer files.
+
+    DIR/model.onnx             the graph (squeezebert.deploy.onnx_graph), int8 with --quant int8
+    DIR/deploy.json            inputs, outputs, head, labels, max_len, quantization, source
+    DIR/tokenizer.json, vocab.txt, tokenizer_config.json, special_tokens_map.json
+The labels also sit in model.onnx's metadata (key "labels", a JSON list), so the graph alone
+still names its classes. A device needs only onnxruntime + tokenizers (README: "Deploy on a
+device").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from squeezebert import assets as assets_lib
+from squeezebert.deploy import onnx_graph
+from squeezebert.deploy.deps import require
+from squeezebert.deploy.quantize import quantize_int8
+from squeezebert.model.params import flat_params, float_model
+from squeezebert.quant import core as quant_core
+
+MODEL = "model.onnx"
+META = "deploy.json"
+QUANTS = ("none", "int8")
+
+
+def export_onnx(model, out_dir: str, quant: str = "none",
+                assets: assets_lib.Assets | None = None, source: str = "") -> dict:
+  """Writes the deploy directory of `model` (a float or QAT SqueezeBert) to out_dir; returns
+  the deploy.json contents."""
+  if quant not in QUANTS:
+    raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
+  if quant_core.is_int8_model(model):
+    raise ValueError("an int8 model directory (squeezebert.quant) holds qwix arrays, not float "
+                     "weights: export its float source (the training workdir) with --quant int8; "
+                     "ONNX Runtime quantizes the weights per output channel to the same integers")
+  onnx = require("onnx")
+  model = float_model(model)  # a QAT model's parameters without its quantizers
+  cfg = model.config
+  proto = onnx_graph.build_onnx(cfg, flat_params(model), model.head, model.num_labels,
+                                table_bits=8 if quant == "int8" else 0)
+  labels = list(assets.labels) if assets is not None and assets.labels else None
+  meta = dict(format="onnx", runtime="onnxruntime", opset=onnx_graph.OPSET, quant=quant,
+              head=model.head, num_labels=model.num_labels, labels=labels,
+              max_len=assets.max_len if assets is not None else cfg.max_position_embeddings,
+              lowercase=assets.lowercase if assets is not None else True,
+              inputs=list(onnx_graph.INPUTS), input_dtype="int64",
+              outputs=list(onnx_graph.head_outputs(model.head)),
+              max_position_embeddings=cfg.max_position_embeddings,
+              model=cfg.architecture_dict(), source=source)
+  for key in ("labels", "head", "quant"):
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = key, json.dumps(meta[key])
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, MODEL)
+  if quant == "int8":
+    with tempfile.TemporaryDirectory() as tmp:
+      float_path = os.path.join(tmp, "float.onnx")
+      onnx.save(proto, float_path)
+      quantize_int8(float_path, path)
+  else:
+    onnx.save(proto, path)
+  meta["bytes"] = os.path.getsize(path)
+  if assets is not None:
+    for name, text in assets.files().items():
+      with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+        f.write(text)
+  with open(os.path.join(out_dir, META), "w") as f:
+    json.dump(meta, f, indent=2)
+  return meta
+
+
+def session(out_dir_or_file: str, threads: int = 0):
+  """An onnxruntime CPU InferenceSession (all graph optimizations; threads 0: ORT's default)."""
+  ort = require("onnxruntime")
+  path = out_dir_or_file
+  if os.path.isdir(path):
+    path = os.path.join(path, MODEL)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: not a `python -m squeezebert.export --format "
+                            "onnx` output")
+  so = ort.SessionOptions()
+  so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+  if threads:
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+  so.log_severity_level = 3
+  return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def run(sess, input_ids, attention_mask=None, token_type_ids=None) -> dict:
+  """{output name: numpy array} of one batch ([B, L] inputs, any integer dtype)."""
+  ids = np.asarray(input_ids, np.int64)
+  if ids.ndim != 2:
+    raise ValueError(f"expected [B, L] input_ids, got shape {ids.shape}")
+  mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int64)
+  types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, np.int64)
+  names = [o.name for o in sess.get_outputs()]
+  outs = sess.run(names, dict(input_ids=ids, attention_mask=mask, token_type_ids=types))
+  return dict(zip(names, outs))
