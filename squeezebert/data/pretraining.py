@@ -8,21 +8,26 @@ of consecutive text, and A/B are swapped for half of the pairs: `labels` is 1 wh
 whole sentences is the packing. Masking is NOT done here: it runs inside the jitted train step
 (squeezebert/train/masking.py), so every step of every epoch draws fresh masks.
 
-The tokenized result is cached as .npz under `cache_dir` keyed by every input that affects it.
+pack_sop streams documents into compact ragged arrays (what prepared shards hold, see
+squeezebert/data/prepare.py); build_sop_split makes them an EncodedSplit, optionally cached.
 """
 
 from __future__ import annotations
 
+import array
 import hashlib
+import itertools
 import json
 import os
 import re
+from collections.abc import Iterable
 
 import numpy as np
 from absl import logging
 
 from squeezebert.data.batching import EncodedSplit
 
+DOCS_PER_ENCODE = 256  # documents tokenized per encode_batch call
 # Split after . ! ? (optionally followed by closing quotes/brackets) before an uppercase letter,
 # a digit or an opening quote: good enough for SOP on prose; paragraphs are boundaries too.
 _SENT_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -91,59 +96,94 @@ def _truncate_pair(a, b, max_tokens, rng):
   return a, b
 
 
-def build_sop_split(documents, tokenizer, max_len: int, seed: int, *,
-                    cache_dir: str | None = None, cache_key: dict | None = None) -> EncodedSplit:
-  """Packs documents into [CLS] A [SEP] B [SEP] sequences with SOP labels.
+def pack_sop(documents: Iterable[str], tokenizer, max_len: int, seed) -> dict:
+  """Packs documents into [CLS] A [SEP] B [SEP] sequences with SOP labels (create_sop_pairs),
+  streamed: documents are tokenized in batches of DOCS_PER_ENCODE and no token lists are kept.
+  Ragged arrays (to_padded makes the batch layout):
+    tokens     every sequence's ids back to back (uint16 when the vocab fits, else int32)
+    lengths    int32 [N]: tokens per sequence, specials included
+    a_lengths  int32 [N]: tokens of the first segment (type-0 part is [CLS] A [SEP])
+    labels     int8 [N]: 1 when A and B were swapped
+    doc        int32 [N]: the sequence's document, numbered in `documents` (empty ones counted)
+  """
+  cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+  wide = tokenizer.get_vocab_size() > 65536
+  tokens = array.array("i" if wide else "H")
+  lengths, a_lengths, labels, docs = (array.array("i") for _ in range(4))
+  current = 0
 
-  Returns an EncodedSplit with labels = SOP label and token_extras["word_start"] (1 where a
-  token starts a word: not a '##' piece) for whole-word masking."""
+  def tokenized():
+    nonlocal current
+    it = enumerate(documents)
+    while chunk := [(i, split_sentences(d)) for i, d in itertools.islice(it, DOCS_PER_ENCODE)]:
+      flat = [s for _, sents in chunk for s in sents]
+      enc = tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
+      pos = 0
+      for i, sents in chunk:
+        if sents:
+          current = i
+          yield [e.ids for e in enc[pos:pos + len(sents)]]
+          pos += len(sents)
+
+  for a, b, swapped in create_sop_pairs(tokenized(), max_len, seed):
+    tokens.append(cls_id)
+    tokens.extend(a)
+    tokens.append(sep_id)
+    tokens.extend(b)
+    tokens.append(sep_id)
+    lengths.append(len(a) + len(b) + 3)
+    a_lengths.append(len(a))
+    labels.append(int(swapped))
+    docs.append(current)
+  return dict(tokens=np.array(tokens, np.int32 if wide else np.uint16),
+              lengths=np.array(lengths, np.int32), a_lengths=np.array(a_lengths, np.int32),
+              labels=np.array(labels, np.int8), doc=np.array(docs, np.int32))
+
+
+def to_padded(a: dict, max_len: int, continuation: np.ndarray) -> dict:
+  """pack_sop's ragged arrays -> input_ids (int32, pad 0), token_type_ids and word_start
+  (int8; 1 where a token starts a word: not a '##' piece; `continuation`: continuation_table)
+  as [N, max_len] arrays."""
+  lengths = a["lengths"]
+  pos = np.arange(max_len)
+  inside = pos[None] < lengths[:, None]
+  ids = np.zeros((len(lengths), max_len), np.int32)
+  ids[inside] = a["tokens"]
+  types = (inside & (pos[None] >= a["a_lengths"][:, None] + 2)).astype(np.int8)
+  return dict(input_ids=ids, token_type_ids=types, word_start=(~continuation[ids]).astype(np.int8))
+
+
+def build_sop_split(documents, tokenizer, max_len: int, seed, *,
+                    cache_dir: str | None = None, cache_key: dict | None = None) -> EncodedSplit:
+  """pack_sop's sequences as an EncodedSplit: labels = SOP label, idx = the sequence's number,
+  token_extras["word_start"] for whole-word masking. With cache_dir, the packed arrays are
+  kept as .npz keyed by `cache_key` and every other input that affects them."""
   path = None
   if cache_dir:
     key = json.dumps(dict(cache_key or {}, max_len=max_len, seed=seed,
-                          vocab=tokenizer.get_vocab_size(), v=1), sort_keys=True)
+                          vocab=tokenizer.get_vocab_size(), v=2), sort_keys=True)
     path = os.path.join(cache_dir, f"sop-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz")
     if os.path.exists(path):
       with np.load(path) as z:
         logging.info("loaded packed pretraining data from %s", path)
-        return _from_arrays(dict(z))
-  cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-  docs, n_docs = [], 0
-  for doc in documents:
-    sents = split_sentences(doc)
-    if not sents:
-      continue
-    n_docs += 1
-    enc = tokenizer.encode_batch(sents, add_special_tokens=False)
-    docs.append([e.ids for e in enc])
-  if not docs:
+        return _encoded(dict(z), max_len, tokenizer)
+  a = pack_sop(documents, tokenizer, max_len, seed)
+  if not len(a["lengths"]):
     raise ValueError("no non-empty documents to pretrain on (check the corpus and split)")
-  rows = list(create_sop_pairs(docs, max_len, seed))
-  n = len(rows)
-  ids = np.zeros((n, max_len), np.int32)
-  types = np.zeros((n, max_len), np.int8)
-  lengths = np.zeros((n,), np.int32)
-  labels = np.zeros((n,), np.int32)
-  for i, (a, b, swapped) in enumerate(rows):
-    seq = [cls_id, *a, sep_id, *b, sep_id]
-    ids[i, :len(seq)] = seq
-    types[i, len(a) + 2:len(seq)] = 1
-    lengths[i], labels[i] = len(seq), int(swapped)
-  cont = continuation_table(tokenizer)
-  word_start = (~cont[ids]).astype(np.int8)
-  arrays = dict(input_ids=ids, token_type_ids=types, lengths=lengths, labels=labels,
-                word_start=word_start)
-  logging.info("packed %d documents into %d sequences of <= %d tokens (%.1f%% fill)", n_docs, n,
-               max_len, 100.0 * lengths.sum() / max(1, n * max_len))
+  n = len(a["lengths"])
+  logging.info("packed %d documents into %d sequences of <= %d tokens (%.1f%% fill)",
+               len(np.unique(a["doc"])), n, max_len, 100.0 * a["lengths"].sum() / (n * max_len))
   if path:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.npz"  # several processes may pack the same split
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **a)
     os.replace(tmp, path)
-  return _from_arrays(arrays)
+  return _encoded(a, max_len, tokenizer)
 
 
-def _from_arrays(a: dict) -> EncodedSplit:
+def _encoded(a: dict, max_len: int, tokenizer) -> EncodedSplit:
+  p = to_padded(a, max_len, continuation_table(tokenizer))
   n = len(a["lengths"])
-  return EncodedSplit(a["input_ids"], a["token_type_ids"], a["lengths"], a["labels"],
-                      np.arange(n, dtype=np.int32), 0,
-                      token_extras={"word_start": a["word_start"]})
+  return EncodedSplit(p["input_ids"], p["token_type_ids"], a["lengths"],
+                      a["labels"].astype(np.int32), np.arange(n, dtype=np.int32), 0,
+                      token_extras={"word_start": p["word_start"]})
