@@ -91,7 +91,13 @@ def base_train_config() -> ml_collections.ConfigDict:
       train_limit=0,              # >0: use only the first N training examples (smoke tests)
       eval_limit=0,               # >0: only the first N examples of every eval AND test split
                                   #   (smoke runs; a limited test split is no valid submission)
+      shards=0,                   # each split read as this many shards, each process loading
+                                  #   only its own; 0 -> one per process. Part of the data order
+                                  #   (a run resumes only with the same count)
   ))
+  # Devices: a ('data', 'fsdp') mesh; the batch is split over both, parameters and optimizer
+  # state are split over 'fsdp' (squeezebert/train/mesh.py). -1: the devices the other leaves.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # Optimisation.
   c.batch_size = 32               # global batch (all devices, all processes)
   c.grad_accum_steps = 1          # micro-batches per update (batch_size must divide by it)
@@ -141,7 +147,11 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.eval_checkpoint = "best"      # mode=eval|predict: best (by the task metric) | latest | step
   c.allow_config_change = False   # resume a workdir although seed/batch/model/lr... changed
   c.progress_bar = True
-  c.distributed = False           # call jax.distributed.initialize() (multi-host)
+  c.distributed = "auto"          # jax.distributed.initialize(): auto (when a coordinator is
+                                  #   set or a cluster detected) | True | False; see
+                                  #   squeezebert/train/distributed.py
+  c.checkpoint_async = True       # orbax writes checkpoints in the background (waited for
+                                  #   before the next save, at preemption and at exit)
   c.stop_after_steps = 0          # >0: stop (as if preempted) after this many steps this run
   c.step_delay_secs = 0.0         # seconds to sleep after each step; for kill/resume tests only
   return c

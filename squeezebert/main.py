@@ -20,7 +20,7 @@ from ml_collections import config_flags  # noqa: E402
 from squeezebert import cli  # noqa: E402
 from squeezebert import workdir as workdir_lib  # noqa: E402
 from squeezebert.data import keep_tensorflow_off_accelerators  # noqa: E402
-from squeezebert.train import trainer  # noqa: E402
+from squeezebert.train import distributed, trainer  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and predictions.")
 config_flags.DEFINE_config_file(
@@ -28,6 +28,12 @@ config_flags.DEFINE_config_file(
     "its saved config is used).", lock_config=True)
 flags.DEFINE_enum("mode", None, ["train", "eval", "predict"],
                   "overrides config.mode (eval/predict: the best checkpoint)")
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process "
+                    "0 (else $JAX_COORDINATOR_ADDRESS or the cluster's own).")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many (else "
+                     "$JAX_NUM_PROCESSES or the cluster's).")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index (else "
+                     "$JAX_PROCESS_ID or the cluster's).")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -56,7 +62,9 @@ def summary(result: dict, workdir: str, wall_s: float) -> str:
     best = ", ".join(f"{k} {v:.4g}" for k, v in (result.get("best_metrics") or {}).items())
     lines.append(f"best checkpoint: step {result['best_step']}" + (f" ({best})" if best else ""))
   files = [f for f in (trainer.FINAL_FILE, "metrics.jsonl", "checkpoints", "predictions", "tb")
-           if os.path.exists(os.path.join(workdir, f))]
+           if workdir_lib.exists(os.path.join(workdir, f))]
+  if result.get("preempted"):
+    lines.insert(0, f"preempted at step {result.get('step')}: rerun the same command to resume")
   lines.append(f"files in {workdir}: {', '.join(files)}")
   lines += [f"{k}: {v}" for k, v in result.items() if k.endswith("_file")]
   return "\n".join(lines)
@@ -67,10 +75,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   keep_tensorflow_off_accelerators()
   config = load_config()
+  # Before any other JAX call (flags > environment > cluster auto-detection).
+  mode = config.get("distributed", "auto")
+  if FLAGS.coordinator_address and mode == "auto":
+    mode = True
+  distributed.initialize(mode, FLAGS.coordinator_address, FLAGS.num_processes,
+                         FLAGS.process_id)
   logging.debug("config:\n%s", config)  # the full config goes to <workdir>/train_config.json
   t0 = time.time()
   result = trainer.train_and_evaluate(config, FLAGS.workdir)
-  print(summary(result, FLAGS.workdir, time.time() - t0))
+  if distributed.is_main():
+    print(summary(result, FLAGS.workdir, time.time() - t0))
   logging.info("result: %s", json.dumps(result, default=str))
 
 

@@ -12,6 +12,7 @@ the run resumes from the one before.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -24,6 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from squeezebert.model import ModelConfig
@@ -36,20 +38,36 @@ LOCK_FILE = "lock.json"
 RESUME_FIELDS = ("task", "seed", "batch_size", "grad_accum_steps", "dtype", "init_from",
                  "init_layers", "reinit_params", "freeze_params", "optimizer", "learning_rate",
                  "weight_decay", "model", "quant", "distill.teacher", "data.max_len",
-                 "data.train_limit", "data.bucket_boundaries", "data.vocab", "pretrain")
+                 "data.train_limit", "data.bucket_boundaries", "data.vocab", "data.shards",
+                 "pretrain")
+# Values a saved config written before the field existed had (resume checks compare them).
+FIELD_DEFAULTS = {"data.shards": 1}
 
 
 def ckpt_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
+def is_remote(path: str) -> bool:
+  """A URL (gs://bucket/run, s3://...): read and written through epath, never os."""
+  return "://" in str(path)
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists()
+
+
 def is_workdir(path: str) -> bool:
-  return os.path.exists(os.path.join(path, RUN_FILE)) and os.path.isdir(ckpt_dir(path))
+  return exists(os.path.join(path, RUN_FILE)) and epath.Path(ckpt_dir(path)).is_dir()
 
 
 def abs_path(path: str) -> str:
   """An absolute local path; URLs (gs://bucket/run) pass through untouched."""
-  return path if "://" in path else os.path.abspath(path)
+  return path if is_remote(path) else os.path.abspath(path)
+
+
+def makedirs(path: str) -> None:
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -60,11 +78,12 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
 
 
-def write_run_file(workdir: str, run: dict) -> None:
+def write_run_file(workdir: str, run: dict, write: bool = True) -> None:
   """Record what this workdir trains; refuse to reuse a workdir whose checkpoints hold
-  another model (one without checkpoints, e.g. a run that failed early, is simply taken)."""
+  another model (one without checkpoints, e.g. a run that failed early, is simply taken).
+  write=False: the check only (the processes of a multi-host run other than process 0)."""
   path = os.path.join(workdir, RUN_FILE)
-  if os.path.exists(path) and checkpoint_steps(workdir):
+  if exists(path) and checkpoint_steps(workdir):
     old = _read_json(path)
     if "model" in old and "model" in run:
       # Compare as ModelConfig: fields added since the workdir was written take their
@@ -79,7 +98,8 @@ def write_run_file(workdir: str, run: dict) -> None:
           f"(saved: { {k: old.get(k) for k in diff} }, now: { {k: run.get(k) for k in diff} }). "
           "Use a new --workdir; the existing checkpoints were left untouched.")
     return
-  _write_json(path, run)
+  if write:
+    _write_json(path, run)
 
 
 def write_train_config(workdir: str, config) -> None:
@@ -88,16 +108,14 @@ def write_train_config(workdir: str, config) -> None:
   rebuild the task and its data from it."""
   path = os.path.join(workdir, TRAIN_CONFIG)
   text = config.to_json_best_effort(indent=2)
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() == text:  # a rerun of the same command writes nothing
-        return
+  if exists(path) and epath.Path(path).read_text() == text:  # a rerun writes nothing
+    return
   _write_text(path, text)
 
 
 def read_train_config(workdir: str):
   path = os.path.join(workdir, TRAIN_CONFIG)
-  if not os.path.exists(path):
+  if not exists(path):
     raise FileNotFoundError(f"{path} not found (workdirs written before it existed): pass the "
                             "run's config explicitly")
   return ml_collections.ConfigDict(_read_json(path))
@@ -107,15 +125,26 @@ def read_run_file(workdir: str) -> dict:
   return _read_json(os.path.join(workdir, RUN_FILE))
 
 
+def read_json(path: str) -> dict:
+  return _read_json(path)
+
+
+def write_json(path: str, obj) -> None:
+  _write_json(path, obj)
+
+
 def _read_json(path: str) -> dict:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(epath.Path(path).read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f"{path} is not valid JSON ({e}); it was not modified") from None
 
 
 def _write_text(path: str, text: str) -> None:
+  """Atomic locally (temporary name + rename); object stores write whole objects anyway."""
+  if is_remote(path):
+    epath.Path(path).write_text(text)
+    return
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(text)
@@ -147,12 +176,15 @@ def resume_config_changes(workdir: str, config, fields=RESUME_FIELDS) -> list[st
   """'field: saved -> now' for every one of `fields` that differs from the config this
   workdir was trained with (none if it has no checkpoint or no saved config)."""
   path = os.path.join(workdir, TRAIN_CONFIG)
-  if not checkpoint_steps(workdir) or not os.path.exists(path):
+  if not checkpoint_steps(workdir) or not exists(path):
     return []
   saved = _read_json(path)
   out = []
   for field in fields:
-    a, b = _normalise(_get(saved, field)), _normalise(_get(config, field))
+    a, b = _get(saved, field), _get(config, field)
+    a = FIELD_DEFAULTS.get(field) if a is None else a
+    b = FIELD_DEFAULTS.get(field) if b is None else b
+    a, b = _normalise(a), _normalise(b)
     if isinstance(a, dict) and isinstance(b, dict):
       out += [f"{field}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
               if a.get(k) != b.get(k)]
@@ -165,13 +197,22 @@ def resume_config_changes(workdir: str, config, fields=RESUME_FIELDS) -> list[st
 class WorkdirLock:
   """lock.json (pid, host, start time, command) held while a run uses the workdir. A second
   run meets a clear error naming the holder; the lock of a process that is gone (same host)
-  is taken over with a log line. Created with O_EXCL, so two runs cannot both take it."""
+  is taken over with a log line. Created with O_EXCL, so two runs cannot both take it.
+  Object stores (gs://) have no exclusive create: there the lock is not taken (a warning);
+  multi-host runs take it on process 0 only (enabled=False elsewhere)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, enabled: bool = True):
     self.path = os.path.join(workdir, LOCK_FILE)
     self.held = False
+    self.enabled = enabled
 
   def __enter__(self):
+    if not self.enabled:
+      return self
+    if is_remote(self.path):
+      logging.warning("workdir %s is remote: no lock file (object stores have no exclusive "
+                      "create); make sure one run uses it at a time", os.path.dirname(self.path))
+      return self
     me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.time(),
               command=" ".join(sys.argv))
     for _ in range(3):
@@ -240,8 +281,10 @@ class Checkpoints:
   """The workdir's orbax CheckpointManager: latest `keep` + the best by `best_metric`."""
 
   def __init__(self, workdir: str, keep: int = 2, best_metric: str | None = None,
-               best_mode: str = "max", read_only: bool = False):
+               best_mode: str = "max", read_only: bool = False, async_save: bool = False):
     self.workdir = workdir
+    self.async_save = async_save
+    self._pending = None  # the step an async save is still writing
     policies = [pp.LatestN(n=max(keep, 1))]
     best_fn = None
     if best_metric:
@@ -255,7 +298,7 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn, best_mode="max",
         preservation_policy=pp.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=False, cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
         read_only=read_only, create=not read_only)
     self.mngr = ocp.CheckpointManager(abs_path(ckpt_dir(workdir)), options=options,
                                       item_names=("model", "optimizer", "meta"))
@@ -285,12 +328,31 @@ class Checkpoints:
     args = ocp.args.Composite(model=ocp.args.StandardSave(model_state),
                               optimizer=ocp.args.StandardSave(opt_state),
                               meta=ocp.args.JsonSave(meta))
-    try:
+    self.wait()  # the previous async save: its failure is reported before a new one starts
+    with self._enospc(step):
+      # Async: the arrays are copied to host before save() returns (the next step may reuse
+      # the donated buffers); the files are written in the background.
       self.mngr.save(step, args=args, metrics=metrics, force=True)
+      self._pending = step
+      if not self.async_save:
+        self.wait()
+
+  def wait(self) -> None:
+    """Blocks until the pending async save is on disk (before exit, at preemption)."""
+    if self._pending is None:
+      return
+    step, self._pending = self._pending, None
+    with self._enospc(step):
       self.mngr.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _enospc(self, step: int):
+    try:
+      yield
     except Exception as e:  # noqa: BLE001 (orbax wraps the OSError in its own errors)
       if not _is_enospc(e):
         raise
+      self._pending = None
       self._remove_partial(step)
       raise CheckpointError(
           f"no space left on the device while saving checkpoint {step} in "
@@ -299,10 +361,12 @@ class Checkpoints:
 
   def _remove_partial(self, step: int) -> None:
     self.mngr.reload()
-    for p in epath.Path(ckpt_dir(self.workdir)).iterdir():
-      if p.name.startswith(f"{step}.orbax-checkpoint-tmp") or (p.name == str(step)
-                                                               and step not in self.saved()):
-        p.rmtree(missing_ok=True)
+    if jax.process_index() == 0:
+      for p in epath.Path(ckpt_dir(self.workdir)).iterdir():
+        if p.name.startswith(f"{step}.orbax-checkpoint-tmp") or (
+            p.name == str(step) and step not in self.saved()):
+          p.rmtree(missing_ok=True)
+    _sync("squeezebert_remove_partial")
     self.mngr.reload()
 
   def saved(self) -> list[int]:
@@ -371,7 +435,9 @@ class Checkpoints:
   def _move_aside(self, step: int, error) -> None:
     d = epath.Path(ckpt_dir(self.workdir))
     dst = d / f"corrupt-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-    (d / str(step)).rename(dst)
+    if jax.process_index() == 0:  # every process found it broken; one moves it
+      (d / str(step)).rename(dst)
+    _sync(f"squeezebert_move_aside_{step}")
     logging.warning("checkpoint %d in %s does not restore (%s: %s); moved aside to %s, "
                     "resuming from the checkpoint before it", step, d, type(error).__name__,
                     str(error).splitlines()[0][:300] if str(error) else "", dst)
@@ -386,7 +452,15 @@ class Checkpoints:
         self._move_aside(step, FileNotFoundError("not a complete orbax checkpoint"))
 
   def close(self):
-    self.mngr.close()
+    try:
+      self.wait()
+    finally:
+      self.mngr.close()
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def _is_enospc(e: BaseException) -> bool:

@@ -103,6 +103,16 @@ def allgather(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=False))
 
 
+def agree_max(x: np.ndarray) -> np.ndarray:
+  """The elementwise maximum of `x` over all processes (e.g. the padded length of each step)."""
+  return allgather(x).max(0)
+
+
+def all_ok(ok: bool) -> bool:
+  """Whether every process reports ok (a check that failed on one fails on all)."""
+  return bool(allgather(np.array(ok, np.int32)).min())
+
+
 class Preemption:
   """Stops a run cleanly at a step every process agrees on: on SIGTERM (the notice that TPU
   VMs, GKE and SLURM send before preempting), `reached(step)` turns True, the trainer saves a

@@ -9,7 +9,7 @@ from absl import logging
 from flax import nnx
 
 from squeezebert.data import batching
-from squeezebert.train import steps as steps_lib
+from squeezebert.train import distributed, steps as steps_lib
 from squeezebert.train.mesh import Mesh
 
 
@@ -18,11 +18,18 @@ class NoOptimizer(nnx.Module):
 
 
 def collect(task, eval_step, state, mesh: Mesh, enc, batch_size: int, bucket_boundaries) -> dict:
-  """The task's per-example eval outputs over one encoded split, gathered on the host."""
+  """The task's per-example eval outputs over one split, gathered on every process's host.
+  `enc`: an EncodedSplit every process holds whole (each puts its share of every batch), or
+  batching.Shards (each process holds and puts its own shards' rows)."""
   collected = []
+  if isinstance(enc, batching.Shards):
+    for batch in batching.eval_batches(enc, batch_size, bucket_boundaries=bucket_boundaries,
+                                       agree=distributed.agree_max):
+      collected.append(mesh.fetch(eval_step(state, mesh.put_batch(batch))))
+    return {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
   for batch in batching.batches(enc, batch_size, shuffle=False, drop_remainder=False,
                                 bucket_boundaries=bucket_boundaries):
-    collected.append(mesh.fetch(eval_step(state, mesh.put_batch(batch))))
+    collected.append(mesh.fetch(eval_step(state, mesh.put_global_batch(batch))))
   return {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
 
 

@@ -7,6 +7,7 @@ import os
 import time
 
 from absl import logging
+from etils import epath
 
 
 def _tensorflow():
@@ -19,12 +20,13 @@ def _tensorflow():
   return tf
 
 
-def _drop_rows_after(path: str, step: int) -> None:
-  """Keeps the rows of steps <= `step` (the checkpoint a run resumes from)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.readlines()
+def _kept_rows(path: str, step: int) -> tuple[list[str], int]:
+  """The rows of steps <= `step` (the checkpoint a run resumes from), and how many rows the
+  file had."""
+  p = epath.Path(path)
+  if not p.exists():
+    return [], 0
+  lines = p.read_text().splitlines(keepends=True)
   keep = []
   for line in lines:
     try:
@@ -33,21 +35,29 @@ def _drop_rows_after(path: str, step: int) -> None:
       continue
     if row_step <= step:
       keep.append(line if line.endswith("\n") else line + "\n")
-  if len(keep) != len(lines):
-    with open(path + ".tmp", "w") as f:
-      f.writelines(keep)
-    os.replace(path + ".tmp", path)
+  return keep, len(lines)
 
 
 class MetricLogger:
-  """Writes <workdir>/metrics.jsonl and TensorBoard events under <workdir>/tb/<split>."""
+  """Writes <workdir>/metrics.jsonl and TensorBoard events under <workdir>/tb/<split>.
+  Local files are appended to; on object stores (gs://), which cannot append, the file is
+  rewritten whole at each write (it holds a few rows per eval/log step)."""
 
   def __init__(self, workdir: str, is_main: bool = True, resume_step: int = 0):
     self.is_main, self.workdir, self._tb = is_main, workdir, {}
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = self.path = os.path.join(workdir, "metrics.jsonl")
+    self._remote = "://" in path
+    self._rows, self._jsonl = [], None
     if is_main:
-      _drop_rows_after(path, resume_step)  # steps a resumed run redoes are logged once
-    self._jsonl = open(path, "a") if is_main else None
+      rows, n = _kept_rows(path, resume_step)  # steps a resumed run redoes are logged once
+      if self._remote:
+        self._rows = rows
+      else:
+        if len(rows) != n:
+          with open(path + ".tmp", "w") as f:
+            f.writelines(rows)
+          os.replace(path + ".tmp", path)
+        self._jsonl = open(path, "a")
     self._tf = _tensorflow() if is_main else None
     if is_main and self._tf is None:
       logging.warning("TensorFlow is not installed: no TensorBoard events, metrics go to "
@@ -64,8 +74,13 @@ class MetricLogger:
       return
     scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
                or getattr(v, "ndim", 1) == 0}
-    self._jsonl.write(json.dumps(dict(split=split, step=step, time=time.time(), **scalars)) + "\n")
-    self._jsonl.flush()
+    row = json.dumps(dict(split=split, step=step, time=time.time(), **scalars)) + "\n"
+    if self._remote:
+      self._rows.append(row)
+      epath.Path(self.path).write_text("".join(self._rows))
+    else:
+      self._jsonl.write(row)
+      self._jsonl.flush()
     if self._tf is None:
       return
     with self._writer(split).as_default():

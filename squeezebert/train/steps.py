@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from squeezebert.model import surgery
 from squeezebert.tasks import MODEL_INPUTS
 from squeezebert.train import distill
+from squeezebert.train.mesh import fsdp_spec
 
 
 def _prepare(task, batch, rng, train: bool):
@@ -30,10 +32,16 @@ FINITE_CHECKS = ("cheap", "params")
 
 
 def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teacher=None,
-                    distill_cfg=None, finite_check: str = "cheap"):
+                    distill_cfg=None, finite_check: str = "cheap", mesh=None):
   """(state, batch, base_rng, step_no[, teacher_state]) -> (state, metrics); gradients are
   averaged over `grad_accum_steps` micro-batches (one update). With a `distill.Teacher`, its
   frozen forward runs in the step and the loss mixes in the distillation terms.
+
+  `mesh` (train.mesh.Mesh): the new state keeps the mesh's state sharding (FSDP), and with
+  accumulation over several data-parallel groups each group's gradients stay on its devices
+  through the micro-batch loop and are summed once after it: one all-reduce per update, not
+  one per micro-batch. (Each group then draws its own dropout stream: runs with accumulation
+  are exactly reproducible for the same number of data-parallel groups.)
 
   metrics["all_finite"] is the trainer's divergence check. finite_check="cheap": the loss
   and the gradient norm are finite (two scalars the step computes anyway; with finite
@@ -77,12 +85,23 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
                                                                    teacher_state)
     return loss, aux, grads
 
+  groups = mesh.data_size if mesh is not None else 1
+
+  def constrain(tree, lead=()):
+    """Pins `tree` to the mesh's state sharding (with leading axes `lead`)."""
+    if mesh is None or mesh.size == 1:
+      return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(
+        mesh.mesh, P(*lead, *fsdp_spec(x.shape[len(lead):], mesh.fsdp_size)))), tree)
+
   def step(state, batch, base_rng, step_no, teacher_state=None):
     model, opt = nnx.merge(graphdef, state)
     rng = jax.random.fold_in(base_rng, step_no)
     k = grad_accum_steps
     if k == 1:
       loss, aux, grads = grads_of(model, batch, rng, teacher_state)
+    elif groups > 1:
+      loss, aux, grads = grouped_accumulation(model, batch, rng, teacher_state)
     else:
       # Micro-batch i = examples i, i+k, i+2k, ...: the batch is sharded over devices in
       # contiguous blocks, so strided micro-batches keep every device busy in every micro-step
@@ -109,6 +128,8 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
       loss, aux, grads = jax.tree.map(lambda x: x / k, (loss, aux, grads))
     opt.update(model, grads)
     grad_norm = optax.global_norm(grads)
+    if mesh is not None and mesh.fsdp_size > 1:
+      nnx.update((model, opt), constrain(nnx.state((model, opt))))
     # The loss is that of the parameters before this update; `all_finite` vouches for the new
     # state (the one a checkpoint would hold) so the trainer can fail fast before saving it.
     if finite_check == "params":
@@ -119,6 +140,44 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
     metrics = {"loss": loss, "grad_norm": grad_norm,
                "learning_rate": lr_schedule(step_no), "all_finite": all_finite, **aux}
     return nnx.state((model, opt)), metrics
+
+  def grouped_accumulation(model, batch, rng, teacher_state):
+    """Micro-batch i (rows i, i+k, ... as below) split into `groups` blocks of rows, block g
+    on data slice g; vmap over the blocks (spmd_axis_name pins them to 'data') keeps each
+    group's gradients local; the scan carries [groups, ...] partial sums; one sum at the end
+    is the only cross-device reduction of the gradients."""
+    k, g = grad_accum_steps, groups
+
+    def split(x):  # [B, ...] -> [k, g, B / (k g), ...]
+      micro = jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+      micro = micro.reshape(k, g, micro.shape[1] // g, *micro.shape[2:])
+      return jax.lax.with_sharding_constraint(
+          micro, NamedSharding(mesh.mesh, P(None, "data", "fsdp")))
+
+    micro = jax.tree.map(split, batch)
+    model_def, model_state = nnx.split(model)
+    model_state = nnx.as_pure(model_state)
+
+    def group_grads(mb, key):
+      return grads_of(nnx.merge(model_def, model_state), mb, key, teacher_state)
+
+    per_group = jax.vmap(group_grads, spmd_axis_name="data")
+
+    def micro_grads(mb, i):
+      keys = jax.vmap(lambda j: jax.random.fold_in(jax.random.fold_in(rng, i), j))(
+          jnp.arange(g))
+      loss, aux, grads = per_group(mb, keys)
+      return loss, aux, constrain(grads, lead=("data",))
+
+    first = micro_grads(jax.tree.map(lambda x: x[0], micro), 0)
+
+    def body(carry, i_mb):
+      i, mb = i_mb
+      return jax.tree.map(jnp.add, carry, micro_grads(mb, i)), None
+
+    rest = jax.tree.map(lambda x: x[1:], micro)
+    (loss, aux, grads), _ = jax.lax.scan(body, first, (jnp.arange(1, k), rest))
+    return jax.tree.map(lambda x: x.sum(0) / (k * g), (loss, aux, grads))
 
   return jax.jit(step, donate_argnums=0)
 

@@ -8,7 +8,7 @@ The data position is a function of the step (one batch per step, a fixed order p
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
 import time
@@ -22,7 +22,8 @@ from squeezebert import tasks as tasks_lib
 from squeezebert import workdir as workdir_lib
 from squeezebert.data import batching
 from squeezebert.model import param_count
-from squeezebert.train import evaluate, optim, setup as setup_lib, steps as steps_lib
+from squeezebert.train import distributed, evaluate, optim, setup as setup_lib, steps as steps_lib
+from squeezebert.train import mesh as mesh_lib
 from squeezebert.train.logger import MetricLogger, Progress
 from squeezebert.train.mesh import Mesh
 
@@ -32,6 +33,8 @@ RNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")
 
 
 def validate(config):
+  """Checks the config before any data is read or anything is compiled (after the
+  multi-process runtime started: the device count is the global one)."""
   if config.batch_size <= 0:
     raise ValueError(f"config.batch_size must be > 0, got {config.batch_size}")
   if config.grad_accum_steps <= 0 or config.batch_size % config.grad_accum_steps:
@@ -41,6 +44,15 @@ def validate(config):
   if (config.batch_size // config.grad_accum_steps) % n:
     raise ValueError(f"micro-batch size {config.batch_size // config.grad_accum_steps} must "
                      f"divide evenly over {n} devices")
+  m = config.get("mesh") or {}
+  mesh_lib.mesh_shape(n, int(m.get("data", -1)), int(m.get("fsdp", 1)))  # raises
+  shards = data_shards(config)
+  if shards < 1 or shards % jax.process_count():
+    raise ValueError(f"config.data.shards={shards} must be a positive multiple of the "
+                     f"{jax.process_count()} processes (0: one shard per process)")
+  if config.batch_size % shards:
+    raise ValueError(f"config.batch_size={config.batch_size} must divide by "
+                     f"config.data.shards={shards} (each batch takes as many rows from each)")
   if config.mode not in ("train", "eval", "predict"):
     raise ValueError(f"config.mode must be train|eval|predict, got {config.mode!r}")
   if config.dtype not in ("float32", "bfloat16"):
@@ -111,17 +123,20 @@ def check_model_fits(config, task, model) -> None:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; returns the final eval metrics.
 
-  Order: every check that can fail on the config, the model or the data runs before the
-  workdir is touched; then the workdir is locked (lock.json) for the rest of the run."""
+  Order: the multi-process runtime starts first (before any other JAX call); every check
+  that can fail on the config, the model or the data runs before the workdir is touched; then
+  the workdir is locked (lock.json, by process 0) for the rest of the run. Every process runs
+  this same function; process 0 alone writes the run files, metrics and TensorBoard events."""
+  distributed.initialize(config.get("distributed", "auto"))
   validate(config)
-  if config.distributed:
-    jax.distributed.initialize()
+  with config.unlocked():  # the resolved count is part of the data order, saved with the run
+    config.data.shards = data_shards(config)
   task = tasks_lib.get_task(config)
   if config.mode == "train" and task.train_split is None:
     raise ValueError(f"task {task.name} has no training split; use mode=predict")
   data_source = task.check_data()  # before the model is built or the workdir is touched
   saved = (workdir_lib.read_run_file(workdir)
-           if os.path.exists(os.path.join(workdir, workdir_lib.RUN_FILE)) else {})
+           if workdir_lib.exists(os.path.join(workdir, workdir_lib.RUN_FILE)) else {})
   # eval/predict of a run that trained a projection: its checkpoints hold it
   setup = setup_lib.setup_run(config, task, saved_projection=saved.get("distill_projection"))
   model = setup.model
@@ -145,7 +160,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"{'; '.join(changes)}. Leave out --config to use the saved one "
           f"(python -m squeezebert.main --workdir={workdir} --mode={config.mode}).")
   if config.mode == "train":
-    data = load_data(task)
+    data = load_data(task, config.data.shards)
     changes = workdir_lib.resume_config_changes(workdir, config)
     if changes and not config.get("allow_config_change", False):
       raise ValueError(
@@ -155,18 +170,50 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if changes:
       logging.warning("resuming %s with a changed config (allow_config_change): %s", workdir,
                       "; ".join(changes))
-  logging.info("%s", banner(config, task, model, data_source, workdir))
-  os.makedirs(workdir, exist_ok=True)
-  with workdir_lib.WorkdirLock(workdir):
-    workdir_lib.write_run_file(workdir, run)
+  main = distributed.is_main()
+  if main:
+    logging.info("%s", banner(config, task, model, data_source, workdir))
+  workdir_lib.write_run_file(workdir, run, write=False)  # the check, on every process
+  with _locked(workdir):
+    if main:
+      workdir_lib.write_run_file(workdir, run)
+    distributed.sync("squeezebert_run_file")
     ckpts = workdir_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
-                                    best_metric=task.main_metric, best_mode=task.metric_mode)
+                                    best_metric=task.main_metric, best_mode=task.metric_mode,
+                                    async_save=config.get("checkpoint_async", False))
     try:
       if config.mode != "train":
         return _eval_or_predict(config, workdir, task, model, ckpts)
-      return _train(config, workdir, task, model, ckpts, Mesh(), data, setup.teacher)
+      return _train(config, workdir, task, model, ckpts, Mesh.from_config(config), data,
+                    setup.teacher)
     finally:
       ckpts.close()
+
+
+def data_shards(config) -> int:
+  """config.data.shards, 0 resolved to one shard per process."""
+  return int(config.data.get("shards", 0) or jax.process_count())
+
+
+@contextlib.contextmanager
+def _locked(workdir: str):
+  """The workdir lock, taken by process 0; every process fails if it cannot be taken."""
+  main = distributed.is_main()
+  lock, error = workdir_lib.WorkdirLock(workdir, enabled=main), None
+  try:
+    if main:
+      workdir_lib.makedirs(workdir)
+      lock.__enter__()
+  except (RuntimeError, OSError) as e:
+    error = e
+  if not distributed.all_ok(error is None):
+    if error is not None:
+      raise error
+    raise RuntimeError(f"process 0 could not take the lock of workdir {workdir}; see its log")
+  try:
+    yield lock
+  finally:
+    lock.__exit__(None, None, None)
 
 
 def banner(config, task, model, data_source: str, workdir: str) -> str:
@@ -184,22 +231,37 @@ def banner(config, task, model, data_source: str, workdir: str) -> str:
       f"  workdir: {workdir}"])
 
 
-def load_data(task) -> dict:
-  """{'train': the training split, 'eval': {split: encoded}} (validated by the loaders)."""
+def load_data(task, shards: int = 1) -> dict:
+  """{'train': batching.Shards, 'eval': {split: Shards or EncodedSplit}}. Each process reads
+  and tokenizes only its own shards of every split (`shards` of them in all); eval splits of
+  tasks whose metrics need host-side metadata (NER, SQuAD) are read whole by every process."""
   t0 = time.time()
-  train_enc = task.load(task.train_split)
-  eval_encs = {s: task.load(s) for s in task.eval_splits}
-  logging.info("data: %d train examples, eval %s (%.1fs)", len(train_enc),
-               {s: len(e) for s, e in eval_encs.items()}, time.time() - t0)
-  return dict(train=train_enc, eval=eval_encs)
+  owned = batching.owned_shards(shards, jax.process_index(), jax.process_count())
+
+  def sharded(split):
+    if shards == 1:
+      encs = [task.load(split)]
+    else:
+      encs = [task.load(split, shard=(j, shards)) for j in owned]
+    sizes = distributed.allgather(np.array([len(e) for e in encs], np.int64)).reshape(-1)
+    return batching.Shards(encs=encs, ids=list(owned), count=shards, sizes=sizes.tolist())
+
+  train = sharded(task.train_split)
+  eval_encs = {s: sharded(s) if shards > 1 and task.eval_shardable else task.load(s)
+               for s in task.eval_splits}
+  logging.info("data: %d train examples in %d shard(s), this process reads %s; eval %s (%.1fs)",
+               len(train), shards, owned, {s: len(e) for s, e in eval_encs.items()},
+               time.time() - t0)
+  return dict(train=train, eval=eval_encs)
 
 
 def _train(config, workdir, task, model, ckpts, mesh, data, teacher=None) -> dict:
   final_path = os.path.join(workdir, FINAL_FILE)
-  train_enc, eval_encs = data["train"], data["eval"]
-  steps_per_epoch = batching.num_batches(train_enc, config.batch_size, drop_remainder=True)
+  train_shards, eval_encs = data["train"], data["eval"]
+  steps_per_epoch = train_shards.train_steps_per_epoch(config.batch_size)
   if steps_per_epoch == 0:
-    raise ValueError(f"{len(train_enc)} training examples < batch_size {config.batch_size}")
+    raise ValueError(f"{len(train_shards)} training examples (shards of {train_shards.sizes}) "
+                     f"give no full batch of {config.batch_size}")
   total, warmup = optim.total_and_warmup_steps(config, steps_per_epoch)
   eval_every = config.eval_every_steps or steps_per_epoch
   ckpt_every = config.checkpoint_every_steps or eval_every
@@ -207,22 +269,22 @@ def _train(config, workdir, task, model, ckpts, mesh, data, teacher=None) -> dic
   tx, lr = optim.make_tx(config, total, warmup)
   optimizer = optim.make_optimizer(model, tx)
   graphdef, state = nnx.split((model, optimizer))
-  state = jax.device_put(state, mesh.replicated)
+  state = mesh.put_state(state)  # replicated, or split over 'fsdp'
   step = 0
-  restored = ckpts.restore_latest(state[0], state[1])
+  restored = ckpts.restore_latest(state[0], state[1])  # into the same shardings
   if restored is not None:
     _, model_state, opt_state, meta = restored
     state = _with_parts(state, model_state, opt_state)
-    state = jax.device_put(state, mesh.replicated)
+    state = mesh.put_state(state)
     step = int(meta["step"])
     logging.info("resumed from %s at step %d (epoch %d, batch %d)", ckpts.mngr.directory,
                  step, *divmod(step, steps_per_epoch))
-  if step >= total and os.path.exists(final_path):
+  if step >= total and workdir_lib.exists(final_path):
     logging.info("workdir %s already finished (%d steps); nothing to do", workdir, step)
-    with open(final_path) as f:
-      return json.load(f)
+    return workdir_lib.read_json(final_path)
   # The config of the run that trains this workdir (eval/predict and finished reruns keep it).
-  workdir_lib.write_train_config(workdir, config)
+  if distributed.is_main():
+    workdir_lib.write_train_config(workdir, config)
 
   teacher_state, dcfg = None, None
   if teacher is not None:
@@ -230,11 +292,13 @@ def _train(config, workdir, task, model, ckpts, mesh, data, teacher=None) -> dic
     teacher_state = jax.device_put(teacher.state, mesh.replicated)
   train_step = steps_lib.make_train_step(graphdef, task, lr, config.grad_accum_steps,
                                          teacher=teacher, distill_cfg=dcfg,
-                                         finite_check=config.get("finite_check", "cheap"))
+                                         finite_check=config.get("finite_check", "cheap"),
+                                         mesh=mesh)
   eval_step = steps_lib.make_eval_step(graphdef, task)
   base_rng = train_rng(config)
-  logger = MetricLogger(workdir, is_main=jax.process_index() == 0, resume_step=step)
-  progress = Progress(total, step, enabled=config.progress_bar and jax.process_index() == 0)
+  logger = MetricLogger(workdir, is_main=distributed.is_main(), resume_step=step)
+  progress = Progress(total, step, enabled=config.progress_bar and distributed.is_main())
+  preemption = distributed.Preemption()
   buckets = tuple(config.data.bucket_boundaries)
   pending, window, t_window, steps_this_run = None, [], time.time(), 0
   eval_metrics = {}
@@ -255,9 +319,10 @@ def _train(config, workdir, task, model, ckpts, mesh, data, teacher=None) -> dic
   epoch, start_batch = divmod(step, steps_per_epoch)
   try:
     while step < total:
-      for batch in batching.batches(train_enc, config.batch_size, shuffle=True,
-                                    seed=config.seed, epoch=epoch, start_batch=start_batch,
-                                    bucket_boundaries=buckets, drop_remainder=True):
+      for batch in batching.train_batches(train_shards, config.batch_size, seed=config.seed,
+                                          epoch=epoch, start_batch=start_batch,
+                                          bucket_boundaries=buckets,
+                                          agree=distributed.agree_max):
         if step >= total:
           break
         state, metrics = train_step(state, mesh.put_batch(batch), base_rng, step, teacher_state)
@@ -277,8 +342,9 @@ def _train(config, workdir, task, model, ckpts, mesh, data, teacher=None) -> dic
           logger.write("train", step, avg)
           progress.set_postfix(loss=avg["loss"])
           window, t_window = [], time.time()
+        preempted = preemption.reached(step)
         do_eval = step % eval_every == 0 or step == total
-        do_ckpt = do_eval or step % ckpt_every == 0
+        do_ckpt = do_eval or step % ckpt_every == 0 or preempted
         if do_ckpt and pending is not None:  # never evaluate or save an unchecked state
           consume(*pending)
           pending = None
@@ -291,6 +357,11 @@ def _train(config, workdir, task, model, ckpts, mesh, data, teacher=None) -> dic
                       batch_in_epoch=step % steps_per_epoch, total_steps=total)
           ckpts.save(step, state[0], state[1], meta,
                      metrics=_main_only(eval_metrics, task) if do_eval else None)
+        if preempted:
+          ckpts.wait()
+          logging.warning("preempted: saved checkpoint %d; rerun the same command to resume",
+                          step)
+          return dict(eval_metrics, step=step, preempted=True)
         if config.stop_after_steps and steps_this_run >= config.stop_after_steps:
           logging.info("stopping after %d steps this run (config.stop_after_steps)",
                        steps_this_run)
@@ -299,19 +370,19 @@ def _train(config, workdir, task, model, ckpts, mesh, data, teacher=None) -> dic
           time.sleep(config.step_delay_secs)
       epoch, start_batch = epoch + 1, 0
   finally:
+    preemption.close()
     progress.close()
     logger.close()
   if not eval_metrics:  # resumed from the final checkpoint of a run killed before it finished
     eval_metrics = evaluate.eval_splits(task, eval_step, state, mesh, eval_encs, config)
   # The last step's eval metrics, and which checkpoint is the best by the task metric (what
   # mode=eval, from_pretrained(workdir) and init_from=<workdir> load).
+  ckpts.wait()  # the final checkpoint is on disk (and scored) before the run says it is done
   best = ckpts.step("best")
   final = dict(eval_metrics, step=step, best_step=best,
                best_metrics=dict(ckpts.mngr.metrics(best) or {}) if best is not None else {})
-  if jax.process_index() == 0:
-    with open(final_path + ".tmp", "w") as f:
-      json.dump(final, f, indent=2)
-    os.replace(final_path + ".tmp", final_path)
+  if distributed.is_main():
+    workdir_lib.write_json(final_path, final)
   return final
 
 
