@@ -74,8 +74,10 @@ def export_onnx(model, out_dir: str, quant: str = "none",
   return meta
 
 
-def session(out_dir_or_file: str, threads: int = 0):
-  """An onnxruntime CPU InferenceSession (all graph optimizations; threads 0: ORT's default)."""
+def session(out_dir_or_file: str, threads: int = 0, spin: bool = True):
+  """An onnxruntime CPU InferenceSession (all graph optimizations; threads 0: ORT's default;
+  spin=False: idle worker threads sleep instead of spinning, for benchmarks that interleave
+  runtimes)."""
   ort = require("onnxruntime")
   path = out_dir_or_file
   if os.path.isdir(path):
@@ -88,6 +90,8 @@ def session(out_dir_or_file: str, threads: int = 0):
   if threads:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+  if not spin:
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
   so.log_severity_level = 3
   return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
