@@ -29,7 +29,10 @@ Paper recipe: LAMB, global batch 8192, lr 2.5e-3, warmup 28% of the steps, weigh
 bf16 compute, 15% masking (80/10/10), SOP on segment pairs packed to the max length.
 Data: config.data.corpus is a TFDS text dataset with a "text" feature (wikipedia/..., c4/en) or
 text_corpus/paragraphs | text_corpus/wikitext with config.data.corpus_dir a local directory
-(squeezebert/data/text_corpus.py prepares it as a TFDS dataset under the TFDS data dir).
+(squeezebert/data/text_corpus.py prepares it as a TFDS dataset under the TFDS data dir); the
+corpus is packed at start-up (cached), or, for multi-process runs, prepared once into shards:
+  python -m squeezebert.data.prepare --corpus_dir=DIR --out=PREP --max_len=128
+  ... --config.data.prepared_dir=PREP   (each process reads only its shards; docs/pretraining.md)
 Expect: eval MLM loss falls steadily; see README for the measured CPU run.
 """
 
@@ -48,6 +51,8 @@ def get_config(arg=None):
   c.data.corpus_dir = ""          # local text directory for text_corpus/* (TFDS manual dir)
   c.data.eval_split = "validation"
   c.data.cache_dir = ""           # packed-sequence cache; "" -> <TFDS data dir>/squeezebert_cache
+  c.data.prepared_dir = ""        # shards from python -m squeezebert.data.prepare (read instead
+                                  # of packing the corpus at start-up; same max_len and vocab)
   c.pretrain = common.pretrain_section()
   c.optimizer = "lamb"
   c.weight_decay = 0.01

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from squeezebert.data import pretraining, text_corpus
+from squeezebert.data import prepare, pretraining, text_corpus
 from squeezebert.data import tokenizer as tokenization
 from squeezebert.tasks import masking
 
@@ -74,38 +74,69 @@ class PretrainTask:
     """[MASK] / special / vocab ids for in-step masking (squeezebert.train.masking)."""
     return tokenization.special_token_ids(self.tokenizer)
 
+  @property
+  def prepared_dir(self) -> str:
+    return self.config.data.get("prepared_dir", "")  # workdirs older than the option: ""
+
   def check_data(self) -> str:
-    """The corpus is reachable: a local directory for text_corpus/*, else a TFDS dataset
-    (prepared, or downloaded by TFDS when the training split is read)."""
+    """The data is reachable: prepared shards that fit the run (data.prepared_dir), else the
+    corpus: a local directory for text_corpus/*, else a TFDS dataset (prepared, or downloaded
+    by TFDS when the training split is read)."""
     d = self.config.data
+    if self.prepared_dir:
+      m = self._prepared_manifest(1, (self.train_split, *self.eval_splits))
+      return (f"prepared shards {self.prepared_dir} ({m['settings']['corpus']}, "
+              f"{m['totals']['sequences']:,} sequences)")
     if d.corpus.startswith("text_corpus/") and not (d.corpus_dir and os.path.isdir(d.corpus_dir)):
       raise FileNotFoundError(f"config.data.corpus={d.corpus!r} reads a local directory: set "
                               f"--config.data.corpus_dir to a directory of text files (got "
-                              f"{d.corpus_dir!r})")
+                              f"{d.corpus_dir!r}), or --config.data.prepared_dir to shards "
+                              "made by python -m squeezebert.data.prepare")
     return "tfds"
+
+  def _prepared_manifest(self, shard_count: int, splits) -> dict:
+    """The manifest of data.prepared_dir, checked against this run (max_len, vocab, shards)."""
+    m = prepare.read_manifest(self.prepared_dir)
+    prepare.check_compatible(
+        m, max_len=self.config.data.max_len, vocab_size=self.tokenizer.get_vocab_size(),
+        vocab_sha1=prepare.vocab_sha1(self.config.data.vocab or None), shard_count=shard_count,
+        splits=splits)
+    return m
 
   # Eval metrics are sums over the gathered outputs: eval splits can be sharded.
   eval_shardable = True
 
   def load(self, split: str, shard: tuple[int, int] | None = None):
-    """Packed SOP sequences of `split`. shard=(index, count): document i belongs to shard
-    i % count; only this shard's documents are tokenized and packed (its own random stream).
-    Multi-process runs should read a corpus prepared offline instead (data.prepared_dir)."""
+    """Packed SOP sequences of `split`. shard=(index, count): document i of the split belongs to
+    shard i % count. With data.prepared_dir, the prepared shards j with j % count == index are
+    read (python -m squeezebert.data.prepare); else this shard's documents are tokenized and
+    packed here (its own random stream; cached under data.cache_dir)."""
     d = self.config.data
     limit = d.train_limit if split == self.train_split else d.eval_limit
+    index, count = shard or (0, 1)
+    if self.prepared_dir:
+      self._prepared_manifest(count, (split,))
+      enc = prepare.load_prepared(self.prepared_dir, split, index, count, limit=limit)
+      logging.info("pretrain/%s: %d sequences, %d tokens from %s (shard %d of %d)", split,
+                   len(enc), int(enc.lengths.sum()), self.prepared_dir, index, count)
+      return enc
+    if jax.process_count() > 1 and split == self.train_split:
+      logging.warning(
+          "pretraining text is tokenized and packed by every process at start-up (its own "
+          "share of %s); for multi-process runs prepare it once with python -m "
+          "squeezebert.data.prepare --out DIR and pass --config.data.prepared_dir=DIR", d.corpus)
     docs = text_corpus.load_documents(d.corpus, split, data_dir=d.tfds_data_dir or None,
                                       corpus_dir=d.corpus_dir, limit=limit)
     seed = self.config.seed + (0 if split == self.train_split else 1)
-    if shard is not None and shard[1] > 1:
-      docs = (doc for i, doc in enumerate(docs) if i % shard[1] == shard[0])
-      seed = [seed, shard[0]]
+    key = dict(corpus=d.corpus, dir=os.path.abspath(d.corpus_dir) if d.corpus_dir else "",
+               split=split, limit=limit, vocab=self.config.data.vocab or "default")
+    if count > 1:
+      docs = (doc for i, doc in enumerate(docs) if i % count == index)
+      seed = [seed, index]
+      key["shard"] = [index, count]
     cache_dir = d.cache_dir or os.path.join(
         d.tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
             "~/tensorflow_datasets"), "squeezebert_cache")
-    key = dict(corpus=d.corpus, dir=os.path.abspath(d.corpus_dir) if d.corpus_dir else "",
-               split=split, limit=limit, vocab=self.config.data.vocab or "default")
-    if shard is not None and shard[1] > 1:
-      key["shard"] = list(shard)
     enc = pretraining.build_sop_split(docs, self.tokenizer, d.max_len, seed,
                                       cache_dir=cache_dir, cache_key=key)
     logging.info("pretrain/%s: %d sequences, %d tokens", split, len(enc), int(enc.lengths.sum()))

@@ -16,10 +16,11 @@ from squeezebert.train.mesh import Mesh
 from squeezebert.train import setup as setup_lib
 from squeezebert.model import surgery
 from squeezebert import convert
-from squeezebert.data import pretraining, text_corpus
+from squeezebert.data import prepare, pretraining, text_corpus
 from squeezebert.data import tokenizer as tokenization
 from squeezebert.model import SqueezeBert, get_config
 from squeezebert.tasks import masking
+from squeezebert.tasks.pretrain import PretrainTask
 from squeezebert.train import trainer
 
 from conftest import assert_same_update, config, one_step, random_batch, read_jsonl, runlocal
@@ -277,6 +278,47 @@ def test_pretrain_end_to_end_and_hf_export(corpus_dir, tmp_path):
     theirs = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
   valid = mask.astype(bool)
   assert np.abs(ours[valid] - theirs[valid]).max() < 1e-4
+
+
+def test_pretrain_from_prepared_shards(corpus_dir, tmp_path, monkeypatch, caplog):
+  """data.prepared_dir: the run reads shards from python -m squeezebert.data.prepare (no
+  corpus needed), a process's share by index; a run they do not fit is refused up front."""
+  out = tmp_path / "prepared"
+  prepare.prepare(str(out), corpus_dir=str(corpus_dir), data_dir=str(tmp_path / "tfds"),
+                  num_shards=4, max_len=64)
+  cfg = _pretrain_cfg("", tmp_path, num_train_steps=2, eval_every_steps=2,
+                      data__prepared_dir=str(out), data__tfds_data_dir="")
+  task = PretrainTask(cfg)
+  assert task.check_data().startswith(f"prepared shards {out}")
+  limit = cfg.data.train_limit
+  for shard, (index, count) in ((None, (0, 1)), ((1, 2), (1, 2))):
+    got = task.load("train", shard)
+    want = prepare.load_prepared(str(out), "train", index, count, limit=limit)
+    assert len(got) > 0
+    np.testing.assert_array_equal(got.idx, want.idx)
+    np.testing.assert_array_equal(got.input_ids, want.input_ids)
+  # The first `limit` documents, as the corpus path reads them: sequences of document >= limit
+  # are left out.
+  assert len(task.load("train")) < len(prepare.load_prepared(str(out), "train"))
+  assert len(task.load("validation")) > 0
+  result = trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
+  for k in ("mlm_loss", "perplexity", "sop_accuracy"):
+    assert np.isfinite(result[k]), k
+  rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+  assert rows and all(np.isfinite(r["loss"]) for r in rows)
+  bad = _pretrain_cfg("", tmp_path, data__prepared_dir=str(out), data__max_len=32,
+                      data__bucket_boundaries=(32,))
+  with pytest.raises(ValueError, match="packed to max_len=64 but the run uses max_len=32"):
+    trainer.train_and_evaluate(bad, str(tmp_path / "w_bad"))
+  assert not (tmp_path / "w_bad").exists()
+  with pytest.raises(ValueError, match="4 shards per split, too few to read as 8"):
+    task.load("train", (0, 8))
+  # Without prepared data, a multi-process run says each process packs its share itself.
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  corpus_cfg = _pretrain_cfg(corpus_dir, tmp_path)
+  with caplog.at_level("WARNING"):
+    assert len(PretrainTask(corpus_cfg).load("train", (0, 2))) > 0
+  assert "--config.data.prepared_dir" in caplog.text
 
 
 def test_pretrain_bad_config(corpus_dir, tmp_path):
