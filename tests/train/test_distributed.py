@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_metrics_close, ckpt_steps, needs_tfds, read_jsonl
+from conftest import REPO, assert_metrics_close, ckpt_steps, needs_tfds, read_jsonl, runlocal
 from squeezebert import workdir as workdir_lib
 from squeezebert.data import batching
-from squeezebert.train import distributed, mesh as mesh_lib
+from squeezebert.train import distributed, mesh as mesh_lib, trainer
 
 
 def test_fsdp_matches_data_parallel_and_accumulation_reduces_once():
@@ -239,3 +239,34 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
     assert got[s] == pytest.approx(want[s], rel=1e-5, abs=1e-6), s
   # Only process 0 wrote the run files; nothing was left half-written.
   assert not list(two.glob("*.tmp*")) and not (two / "lock.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# preemption
+
+
+def test_sigterm_sets_the_preemption_flag():
+  previous = signal.getsignal(signal.SIGTERM)
+  p = distributed.Preemption()
+  try:
+    assert not p.reached(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert p.reached(2)
+  finally:
+    p.close()
+  assert signal.getsignal(signal.SIGTERM) is previous
+
+
+@needs_tfds
+def test_preempted_run_saves_stops_and_resumes(tmp_path, monkeypatch):
+  monkeypatch.setattr(distributed.Preemption, "reached", lambda self, step: step == 3)
+  cfg = runlocal()
+  result = trainer.train_and_evaluate(cfg, str(tmp_path))
+  assert result["preempted"] and result["step"] == 3
+  assert 3 in ckpt_steps(tmp_path)  # saved although 3 is no checkpoint step (every 2)
+  assert not (tmp_path / "final_metrics.json").exists()
+  monkeypatch.setattr(distributed.Preemption, "reached", lambda self, step: False)
+  final = trainer.train_and_evaluate(runlocal(), str(tmp_path))
+  assert final["step"] == 4 and "preempted" not in final
+  steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+  assert steps == [1, 2, 3, 4]
