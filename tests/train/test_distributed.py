@@ -229,7 +229,7 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   # Both restarted with the same command: the run resumes and finishes.
   codes = _finish(_start_pair(two, logs))
   assert codes == [0, 0], _log(logs)
-  assert f"resumed from" in _log(logs)
+  assert "resumed from" in _log(logs)
   final = json.loads((two / "final_metrics.json").read_text())
   assert_metrics_close(final, ref, tol=1e-5)
   # Every logged training step (before and after the kill) equals the one-process run.
