@@ -154,7 +154,9 @@ def load_documents(spec: str, split: str, *, data_dir: str | None = None,
     ds = builder.as_dataset(split=split, shuffle_files=False)
   else:
     ds = tfds.load(spec, split=split, data_dir=data_dir or None, shuffle_files=False)
-  for n, ex in enumerate(ds.as_numpy_iterator()):
-    if limit and n >= limit:
-      return
-    yield ex["text"].decode("utf-8")
+  if limit:
+    ds = ds.take(limit)
+  # Batched: TensorFlow's per-element overhead made one-by-one reading ~4x slower.
+  for batch in ds.map(lambda ex: ex["text"]).batch(1024).as_numpy_iterator():
+    for text in batch:
+      yield text.decode("utf-8")
