@@ -12,6 +12,11 @@ int8 quantizer turns into its fast int8 GEMMs (MatMulInteger / DynamicQuantizeMa
                              [B, L, 4D] intermediate is never concatenated and split again
   LayerNorm                  LayerNormalization (opset 17); GELU as x/2 (1 + erf(x/sqrt 2)),
                              which ORT fuses into its Gelu kernel
+  hidden states              token-major [B*L, D] between the layers: plain 2-D GEMMs, and
+                             ORT leaves residual Add + LayerNorm unfused (its
+                             SkipLayerNormalization kernel measured ~4x slower here, 1.32)
+Only standard ONNX ops (opset 17): ORT's fused Attention kernel (com.microsoft) per group was
+measured only ~4% faster, not worth a graph that only ORT can run.
   1/sqrt(head dim)           folded into the query weights and bias
 
 Inputs input_ids, attention_mask, token_type_ids: int64 [batch, sequence] (dynamic axes).
@@ -89,6 +94,7 @@ class _Exporter:
     self.cfg, self.head, self.num_labels, self.table_bits = cfg, head, num_labels, table_bits
     self.p = {k: np.asarray(v, np.float32) for k, v in params.items()}
     self.b = _Builder()
+    self._bl = None
 
   # ---------------------------------------------------------------- pieces
   def w(self, key: str, value=None, hint: str | None = None) -> str:
@@ -160,7 +166,8 @@ class _Exporter:
     x = b.op("Add", [self.table_rows(f"{e}/word_embeddings", "input_ids"),
                      self.table_rows(f"{e}/position_embeddings", pos_ids)], e)
     types = b.op("Gather", [self.w(f"{e}/token_type_embeddings"), "token_type_ids"], e, axis=0)
-    x = self.layer_norm(b.op("Add", [x, types], e), f"{e}/layer_norm", self.cfg.layer_norm_eps)
+    x = self.tokens_major(b.op("Add", [x, types], e), self.cfg.embedding_size)
+    x = self.layer_norm(x, f"{e}/layer_norm", self.cfg.layer_norm_eps)
     if self.cfg.embedding_size != self.cfg.hidden_size:
       x = self.dense(x, "transformer/embedding_projection")
     return x
@@ -173,11 +180,21 @@ class _Exporter:
                           b.const(np.float32(np.finfo(np.float32).min), "fmin")], "mask")
     return b.op("Unsqueeze", [bias, b.const(np.array([1, 2], np.int64), "axes")], "mask")
 
+  def tokens_major(self, x: str, d: int) -> str:
+    """[B, L, d] -> [B*L, d]."""
+    return self.b.op("Reshape", [x, self.b.const(np.array([-1, d], np.int64), "shape")], "tokens")
+
+  def batch_major(self, x: str, *dims: int) -> str:
+    """[B*L, ...] -> [B, L, *dims] (B and L read from input_ids' shape)."""
+    b = self.b
+    if self._bl is None:
+      self._bl = b.op("Shape", ["input_ids"], "batch_seq")
+    shape = b.op("Concat", [self._bl, b.const(np.array(dims, np.int64), "dims")], "shape", axis=0)
+    return b.op("Reshape", [x, shape], "batch_major")
+
   def heads_major(self, t: str, heads: int, hint: str) -> str:
-    """[B, L, h * dh] -> [B, h, L, dh]."""
-    dh = self.cfg.head_dim
-    r = self.b.op("Reshape", [t, self.b.const(np.array([0, 0, heads, dh], np.int64), "shape")],
-                  hint)
+    """[B*L, h * dh] -> [B, h, L, dh]."""
+    r = self.batch_major(t, heads, self.cfg.head_dim)
     return self.b.op("Transpose", [r], hint, perm=[0, 2, 1, 3])
 
   def attend(self, q: str, k: str, v: str, bias: str, hint: str) -> str:
@@ -216,7 +233,7 @@ class _Exporter:
           for n in ("query", "key", "value"))
       c = self.attend(q, k, v, bias, f"{pre}/attention")
     c = b.op("Transpose", [c], f"{pre}/attention", perm=[0, 2, 1, 3])
-    return b.op("Reshape", [c, b.const(np.array([0, 0, d], np.int64), "shape")], pre)
+    return self.tokens_major(c, d)
 
   def block(self, x: str, bias: str, pre: str) -> str:
     cfg = self.cfg
@@ -239,6 +256,7 @@ class _Exporter:
     x, bias = self.embeddings(), self.mask_bias()
     for i in range(cfg.num_hidden_layers):
       x = self.block(x, bias, f"transformer/layers/{0 if cfg.share_layers else i}")
+    x = self.batch_major(x, cfg.hidden_size)
     outs = head_outputs(self.head)
     if self.head in ("base", "classification", "regression"):
       first = b.op("Gather", [x, b.const(np.int64(0), "zero")], "cls", axis=1)
