@@ -4,6 +4,9 @@
   --compare --rounds 16 | --quant int8        vs bert-base | fp32 / bf16 / int8
   --mode train --dtype bf16 --batch 256       the trainer's step: MFU, memory
   --mode train --compare_hf --batch 8         ours vs HF PyTorch, interleaved (CPU)
+  --runtime onnx [--wait_idle_s 1200]         deploy: JAX fp32/int8 vs the ONNX Runtime float
+                                              and int8 exports vs HF PyTorch fp32/int8 BERT-base,
+                                              1 and 2 threads, batch 1 and 8 (squeezebert.deploy)
 CPU code paths (layouts, batch chunks): squeezebert.bench.compare_paths, docs/performance.md.
 """
 
@@ -14,6 +17,7 @@ from absl import app, flags
 
 from squeezebert import cli
 from squeezebert.bench import inference, train
+from squeezebert.deploy import bench as deploy_bench
 from squeezebert.model.config import ATTENTION_IMPLS, REMAT_POLICIES
 
 flags.DEFINE_enum("mode", "inference", ["inference", "train"], "what to time")
@@ -37,6 +41,12 @@ flags.DEFINE_bool("fused_qkv", False, "train: one fused q/k/v projection")
 flags.DEFINE_enum("rng_impl", "threefry", ["threefry", "rbg", "unsafe_rbg"], "train: PRNG")
 flags.DEFINE_float("attention_dropout", None, "train: attention_probs_dropout_prob override")
 flags.DEFINE_bool("compare_hf", False, "train: time HF PyTorch's steps interleaved (CPU)")
+flags.DEFINE_enum("runtime", "jax", ["jax", "onnx"],
+                  "inference: onnx = the deploy rows (squeezebert.deploy.bench)")
+flags.DEFINE_list("deploy_batches", ["1", "8"], "--runtime onnx: batch sizes")
+flags.DEFINE_list("deploy_threads", ["1", "2"], "--runtime onnx: thread counts (pinned cores)")
+flags.DEFINE_integer("wait_idle_s", 0, "--runtime onnx: first wait up to this long for the "
+                     "1-minute load average to fall below 1")
 F = flags.FLAGS
 
 
@@ -76,12 +86,25 @@ def _inference():
   return out
 
 
+def _deploy():
+  if F.mode != "inference" or F.quant != "none" or F.compare:
+    raise app.UsageError("--runtime onnx is its own comparison (inference; no --quant/--compare)")
+  out = deploy_bench.run(F.variant, [int(b) for b in F.deploy_batches],
+                         [int(t) for t in F.deploy_threads], F.seq, rounds=F.rounds or 10,
+                         warmup=F.warmup, wait_idle_s=F.wait_idle_s)
+  print(deploy_bench.table(out))
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if F.mode == "inference" and (F.compare_hf or F.remat != "none" or F.fused_qkv):
     raise app.UsageError("--compare_hf, --remat and --fused_qkv are --mode train options")
-  out = _train() if F.mode == "train" else _inference()
+  if F.runtime == "onnx":
+    out = _deploy()
+  else:
+    out = _train() if F.mode == "train" else _inference()
   if F.json:
     os.makedirs(os.path.dirname(os.path.abspath(F.json)), exist_ok=True)
     with open(F.json, "w") as fh:

@@ -128,7 +128,7 @@ def worker(variant: str, threads: int, batches, seq: int, rounds: int, warmup: i
     rng = np.random.default_rng(0)
     results = []
     for b in batches:
-      ids = rng.integers(1000, min(cfg.vocab_size, 30522), (b, seq))
+      ids = rng.integers(1, min(cfg.vocab_size, 30522), (b, seq))
       for fn in fns.values():
         for _ in range(warmup):
           fn(ids)
