@@ -20,7 +20,9 @@ the same OUT are refused, naming the differences, unless --overwrite is given.
 
 Reading: load_prepared(OUT, split, shard_index, shard_count) -> EncodedSplit of the shards j
 with j % shard_count == shard_index (idx: the sequence's number in the whole split, unique
-across shards); check_compatible checks a run's max_len / vocab against the manifest.
+across shards); check_compatible checks a run's max_len / vocab against the manifest. Reading
+goes through epath, so OUT may also be a URL (gs://bucket/prepared) once copied there; the
+command itself writes to a local or mounted directory.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 from tqdm import tqdm
 
 from squeezebert import workdir as workdir_lib
@@ -78,14 +81,14 @@ def settings_differences(prepared: dict, wanted: dict) -> list[str]:
 
 # ------------------------------------------------------------------ manifest and reading
 def read_manifest(out_dir: str) -> dict:
-  """The manifest of the data prepared in `out_dir` (with "out_dir" added)."""
-  path = os.path.join(out_dir, MANIFEST)
-  if not os.path.isfile(path):
+  """The manifest of the data prepared in `out_dir` (with "out_dir" added). Reading goes
+  through epath: `out_dir` may be a local path or a URL such as gs://bucket/prepared."""
+  path = epath.Path(out_dir) / MANIFEST
+  if not path.exists():
     raise FileNotFoundError(f"no prepared pretraining data in {out_dir}: {MANIFEST} is missing "
                             "(run python -m squeezebert.data.prepare --out ... first)")
   try:
-    with open(path) as f:
-      m = json.load(f)
+    m = json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise ValueError(f"{path} is unreadable ({e}): prepare the data again with --overwrite")
   if m.get("version") != VERSION:
@@ -143,15 +146,15 @@ def share_sizes(manifest: dict, split: str, shard_count: int) -> list[int]:
 
 def read_shard(out_dir: str, entry: dict) -> dict:
   """One shard's arrays, checked against what the manifest says it holds."""
-  path = os.path.join(out_dir, entry["file"])
+  path = epath.Path(out_dir) / entry["file"]
   rerun = "rerun the prepare command (same flags) to write it again"
-  if not os.path.isfile(path):
+  if not path.exists():
     raise FileNotFoundError(f"prepared shard {path} is missing: {rerun}")
-  if os.path.getsize(path) != entry["bytes"]:
-    raise ValueError(f"prepared shard {path} has {os.path.getsize(path)} bytes, the manifest "
-                     f"says {entry['bytes']}: {rerun}")
+  if (size := path.stat().length) != entry["bytes"]:
+    raise ValueError(f"prepared shard {path} has {size} bytes, the manifest says "
+                     f"{entry['bytes']}: {rerun}")
   try:
-    with np.load(path) as z:
+    with path.open("rb") as f, np.load(f) as z:
       a = {k: z[k] for k in SHARD_KEYS}
   except Exception as e:  # zipfile, pickle or key errors: an unreadable file
     raise ValueError(f"prepared shard {path} is unreadable ({type(e).__name__}: {e}): "
@@ -184,10 +187,9 @@ def load_prepared(out_dir: str, split: str, shard_index: int = 0, shard_count: i
       a = dict(a, **{k: a[k][keep] for k in a if k != "tokens"})
     parts.append(a)
   a = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  max_len = m["settings"]["max_len"]
-  cont = pretraining.continuation_table(
-      tokenization.load_tokenizer(os.path.join(out_dir, VOCAB_FILE)))
-  p = pretraining.to_padded(a, max_len, cont)
+  vocab = (epath.Path(out_dir) / VOCAB_FILE).read_text(encoding="utf-8").splitlines()
+  cont = np.array([t.startswith("##") for t in vocab])  # continuation_table, by line = id
+  p = pretraining.to_padded(a, m["settings"]["max_len"], cont)
   idx = a["idx"].astype(np.int32 if offsets[-1] < 2**31 else np.int64)
   return EncodedSplit(p["input_ids"], p["token_type_ids"], a["lengths"],
                       a["labels"].astype(np.int32), idx, 0,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from squeezebert.data import prepare, text_corpus
+from squeezebert.data import prepare, pretraining, text_corpus
 from squeezebert.data import tokenizer as tokenization
 
 # Documents taken from the head of each corpus file: prose chapters, documentation pages,
@@ -224,6 +224,8 @@ def test_shard_tokens_decode_to_the_corpus_text(prepared, documents):
             split, r, tok.decode(second))
         checked += 1
     assert checked > 0.95 * m["splits"][split]["sequences"]
+    np.testing.assert_array_equal(  # word starts: not a '##' piece of the vocab
+        enc.token_extras["word_start"], (~pretraining.continuation_table(tok)[enc.input_ids]))
     # The padded batch layout load_prepared builds: [CLS] A [SEP] type 0, B [SEP] type 1.
     for i in range(min(len(enc), 50)):
       n, ids = enc.lengths[i], enc.input_ids[i]
