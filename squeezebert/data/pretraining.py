@@ -9,7 +9,8 @@ whole sentences is the packing. Masking is NOT done here: it runs inside the jit
 (squeezebert/train/masking.py), so every step of every epoch draws fresh masks.
 
 pack_sop streams documents into compact ragged arrays (what prepared shards hold, see
-squeezebert/data/prepare.py); build_sop_split makes them an EncodedSplit, optionally cached.
+squeezebert/data/prepare.py); build_sop_split makes them an EncodedSplit, optionally cached
+as padded arrays.
 """
 
 from __future__ import annotations
@@ -156,34 +157,36 @@ def to_padded(a: dict, max_len: int, continuation: np.ndarray) -> dict:
 def build_sop_split(documents, tokenizer, max_len: int, seed, *,
                     cache_dir: str | None = None, cache_key: dict | None = None) -> EncodedSplit:
   """pack_sop's sequences as an EncodedSplit: labels = SOP label, idx = the sequence's number,
-  token_extras["word_start"] for whole-word masking. With cache_dir, the packed arrays are
-  kept as .npz keyed by `cache_key` and every other input that affects them."""
+  token_extras["word_start"] for whole-word masking. With cache_dir, the padded arrays are kept
+  as .npz (input_ids, token_type_ids, lengths, labels, word_start: what embed_init --packed
+  reads) keyed by `cache_key` and every other input that affects them."""
   path = None
   if cache_dir:
     key = json.dumps(dict(cache_key or {}, max_len=max_len, seed=seed,
-                          vocab=tokenizer.get_vocab_size(), v=2), sort_keys=True)
+                          vocab=tokenizer.get_vocab_size(), v=1), sort_keys=True)
     path = os.path.join(cache_dir, f"sop-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz")
     if os.path.exists(path):
       with np.load(path) as z:
         logging.info("loaded packed pretraining data from %s", path)
-        return _encoded(dict(z), max_len, tokenizer)
+        return _from_arrays(dict(z))
   a = pack_sop(documents, tokenizer, max_len, seed)
-  if not len(a["lengths"]):
-    raise ValueError("no non-empty documents to pretrain on (check the corpus and split)")
   n = len(a["lengths"])
+  if not n:
+    raise ValueError("no non-empty documents to pretrain on (check the corpus and split)")
   logging.info("packed %d documents into %d sequences of <= %d tokens (%.1f%% fill)",
                len(np.unique(a["doc"])), n, max_len, 100.0 * a["lengths"].sum() / (n * max_len))
+  arrays = dict(to_padded(a, max_len, continuation_table(tokenizer)), lengths=a["lengths"],
+                labels=a["labels"].astype(np.int32))
   if path:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.npz"  # several processes may pack the same split
-    np.savez(tmp, **a)
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
-  return _encoded(a, max_len, tokenizer)
+  return _from_arrays(arrays)
 
 
-def _encoded(a: dict, max_len: int, tokenizer) -> EncodedSplit:
-  p = to_padded(a, max_len, continuation_table(tokenizer))
+def _from_arrays(a: dict) -> EncodedSplit:
   n = len(a["lengths"])
-  return EncodedSplit(p["input_ids"], p["token_type_ids"], a["lengths"],
-                      a["labels"].astype(np.int32), np.arange(n, dtype=np.int32), 0,
-                      token_extras={"word_start": p["word_start"]})
+  return EncodedSplit(a["input_ids"], a["token_type_ids"], a["lengths"], a["labels"],
+                      np.arange(n, dtype=np.int32), 0,
+                      token_extras={"word_start": a["word_start"]})
