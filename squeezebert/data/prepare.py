@@ -224,8 +224,6 @@ def _check_inputs(corpus, corpus_dir, splits, num_shards, max_len, limit):
 def _open_manifest(out_dir: str, settings: dict, overwrite: bool) -> dict:
   """The manifest to continue (same settings), or a new one: in a new or empty directory, or
   (overwrite) after removing what an earlier prepare wrote."""
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise NotADirectoryError(f"--out {out_dir} is a file, not a directory")
   if os.path.exists(os.path.join(out_dir, MANIFEST)):
     try:
       diffs = settings_differences(read_manifest(out_dir)["settings"], settings)
@@ -292,6 +290,8 @@ def _distribute(docs: Iterable[str], docs_dir: str, num_shards: int, wanted: lis
   """Appends document i, as a JSON line, to docs_dir/docs-<i % num_shards>.jsonl for the
   wanted shards (buffered, so any number of shards works), then writes DOCS_DONE."""
   os.makedirs(docs_dir, exist_ok=True)
+  if os.path.exists(done := os.path.join(docs_dir, DOCS_DONE)):
+    os.remove(done)  # an earlier distribution's record no longer holds
   buf = {j: [] for j in wanted}
   for j in wanted:
     open(_docs_path(docs_dir, j), "w").close()
@@ -313,7 +313,7 @@ def _distribute(docs: Iterable[str], docs_dir: str, num_shards: int, wanted: lis
         size = 0
     bar.update(1)
   flush()
-  with open(os.path.join(docs_dir, DOCS_DONE), "w") as f:
+  with open(done, "w") as f:
     json.dump(wanted, f)
 
 
@@ -368,6 +368,8 @@ def prepare(out_dir: str, *, corpus: str = "text_corpus/paragraphs", corpus_dir:
               "vocab_size": tokenizer.get_vocab_size(), "vocab_sha1": vocab_sha1(vocab),
               "lowercase": True, "packing": "albert-sop", "max_len": max_len, "seed": seed,
               "num_shards": num_shards, "limit": limit}
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise NotADirectoryError(f"--out {out_dir} is a file, not a directory")
   os.makedirs(out_dir, exist_ok=True)
   try:
     lock = workdir_lib.WorkdirLock(out_dir).__enter__()

@@ -126,6 +126,41 @@ def test_resume_rewrites_only_the_missing_shard(prepared, corpus, tmp_path):
   assert _prepare(out, corpus, root / "tfds")["this_run"]["shards_written"] == 0
 
 
+def test_crash_while_packing_resumes_from_the_distributed_documents(prepared, corpus, tmp_path,
+                                                                    monkeypatch):
+  root, _ = prepared
+  out = tmp_path / "out"
+  real_pack, calls = prepare.pretraining.pack_sop, []
+
+  def crashing(*args, **kw):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt  # killed while packing the third train shard
+    return real_pack(*args, **kw)
+
+  monkeypatch.setattr(prepare.pretraining, "pack_sop", crashing)
+  with pytest.raises(KeyboardInterrupt):
+    _prepare(out, corpus, root / "tfds")
+  assert sorted(os.listdir(out / "train")) == [".docs", "shard-00000-of-00004.npz",
+                                               "shard-00001-of-00004.npz"]
+  assert not (out / "lock.json").exists()
+  monkeypatch.setattr(prepare.pretraining, "pack_sop", real_pack)
+
+  def no_reading(*args, **kw):
+    raise AssertionError("the train documents were already distributed")
+
+  monkeypatch.setattr(prepare.text_corpus, "load_documents", no_reading)
+  with pytest.raises(AssertionError, match="already distributed"):
+    _prepare(out, corpus, root / "tfds")  # train resumes; validation must be read
+  m = prepare.read_manifest(str(out))
+  assert m["splits"]["train"]["complete"] and not (out / "train" / ".docs").exists()
+  for j in range(NUM_SHARDS):
+    name = f"train/shard-{j:05d}-of-{NUM_SHARDS:05d}.npz"
+    a, b = _arrays(out / name), _arrays(root / "out" / name)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name} {k}")
+
+
 def test_other_settings_are_refused(prepared, corpus, tmp_path, capsys):
   root, _ = prepared
   out = root / "out"
