@@ -35,7 +35,6 @@ from squeezebert.bench import inference
 from squeezebert.bench.device import environment
 from squeezebert.deploy import onnx_export, onnx_graph
 from squeezebert.deploy.deps import require
-from squeezebert.deploy.quantize import quantize_int8
 from squeezebert.model.params import flat_params
 
 ROWS = ("jax_fp32", "jax_int8", "onnx_float", "onnx_int8", "torch_fp32", "torch_int8")
@@ -50,13 +49,15 @@ def wait_idle(max_s: float, below: float = 1.0, poll_s: float = 30.0) -> dict:
   return dict(load_1min=load, waited_s=time.time() - t0, idle=load < below)
 
 
-def _onnx_rows(cfg, params, threads: int, tmp: str) -> dict:
+def _onnx_rows(cfg, models: dict, threads: int, tmp: str) -> dict:
+  """ORT sessions of the float model and of the int8 model (the jax_int8 row's weights)."""
   onnx = require("onnx")
-  paths = {"onnx_float": os.path.join(tmp, "float.onnx"), "onnx_int8": os.path.join(tmp, "int8.onnx")}
-  onnx.save(onnx_graph.build_onnx(cfg, params, "classification", 2), paths["onnx_float"])
-  t8 = os.path.join(tmp, "tables8.onnx")
-  onnx.save(onnx_graph.build_onnx(cfg, params, "classification", 2, table_bits=8), t8)
-  quantize_int8(t8, paths["onnx_int8"])
+  params = {"onnx_float": flat_params(nnx.merge(*models["jax_fp32"])),
+            "onnx_int8": onnx_export.int8_params(nnx.merge(*models["jax_int8"]))}
+  paths = {}
+  for name, p in params.items():
+    paths[name] = os.path.join(tmp, f"{name}.onnx")
+    onnx.save(onnx_graph.build_onnx(cfg, p, "classification", 2), paths[name])
   out = {}
   for name, path in paths.items():
     sess = onnx_export.session(path, threads, spin=False)
@@ -89,10 +90,8 @@ def _torch_rows(threads: int, seq: int) -> tuple[dict, dict]:
                torch_threads=torch.get_num_threads()))
 
 
-def _jax_rows(graphdef, state, batches, seq: int) -> dict:
+def _jax_rows(models: dict, batches, seq: int) -> dict:
   """Compiled jax_fp32 / jax_int8 forwards per batch size, as fn(ids) -> logits."""
-  models = {"jax_fp32": (graphdef, state),
-            "jax_int8": inference.int8_state(graphdef, state, inference.quant_config("int8"))}
   out = {}
   for name, (gd, st) in models.items():
     fwd = inference.make_forward(gd)
@@ -114,13 +113,14 @@ def worker(variant: str, threads: int, batches, seq: int, rounds: int, warmup: i
   """All rows at one thread count, in this process (already pinned to `threads` cores)."""
   cfg = inference.make_config(variant)
   graphdef, state, n_params = inference.model_state(cfg, "classification")
-  params = flat_params(nnx.merge(graphdef, state))
+  models = {"jax_fp32": (graphdef, state),  # the int8 rows share squeezebert.quant's weights
+            "jax_int8": inference.int8_state(graphdef, state, inference.quant_config("int8"))}
   fns, info = {}, {}
   with tempfile.TemporaryDirectory() as tmp:
     if any(r.startswith("jax") for r in rows):
-      fns.update(_jax_rows(graphdef, state, batches, seq))
+      fns.update(_jax_rows(models, batches, seq))
     if any(r.startswith("onnx") for r in rows):
-      fns.update(_onnx_rows(cfg, params, threads, tmp))
+      fns.update(_onnx_rows(cfg, models, threads, tmp))
     if any(r.startswith("torch") for r in rows):
       torch_fns, info = _torch_rows(threads, seq)
       fns.update(torch_fns)
@@ -173,6 +173,13 @@ def targets(results: list) -> dict:
   return out
 
 
+def _worker_env() -> dict:
+  """This process's environment, with this checkout of the package first on the path."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  path = os.environ.get("PYTHONPATH", "")
+  return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
 def run(variant: str = "squeezebert-base", batches=(1, 8), threads=(1, 2), seq: int = 128,
         rounds: int = 10, warmup: int = 2, rows=ROWS, wait_idle_s: float = 0) -> dict:
   """Every thread count in its own pinned subprocess; the joined table."""
@@ -190,7 +197,7 @@ def run(variant: str = "squeezebert-base", batches=(1, 8), threads=(1, 2), seq: 
       out_file = os.path.join(tmp, "out.json")
       cmd = [sys.executable, "-m", "squeezebert.deploy.bench", json.dumps(spec), out_file]
       p = subprocess.run(cmd, preexec_fn=lambda n=n: os.sched_setaffinity(0, cpus[:n]),
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=_worker_env())
       if p.returncode:
         raise RuntimeError(f"bench worker ({n} threads) failed:\n{p.stderr[-3000:]}")
       with open(out_file) as f:

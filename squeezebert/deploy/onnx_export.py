@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from squeezebert import assets as assets_lib
 from squeezebert.deploy import onnx_graph
 from squeezebert.deploy.deps import require
-from squeezebert.deploy.quantize import quantize_int8
 from squeezebert.model.params import flat_params, float_model
 from squeezebert.quant import core as quant_core
+from squeezebert.quant.config import QuantConfig
 
 MODEL = "model.onnx"
 META = "deploy.json"
@@ -34,15 +33,20 @@ def export_onnx(model, out_dir: str, quant: str = "none",
   the deploy.json contents."""
   if quant not in QUANTS:
     raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
-  if quant_core.is_int8_model(model):
-    raise ValueError("an int8 model directory (squeezebert.quant) holds qwix arrays, not float "
-                     "weights: export its float source (the training workdir) with --quant int8; "
-                     "ONNX Runtime quantizes the weights per output channel to the same integers")
   onnx = require("onnx")
-  model = float_model(model)  # a QAT model's parameters without its quantizers
+  if not quant_core.is_int8_model(model):
+    model = float_model(model)  # a QAT model's parameters without its quantizers
+    if quant == "int8":  # squeezebert.quant's int8 model: its integers go into the graph
+      model = quant_core.to_int8(model, QuantConfig(mode="int8"))
+  if quant_core.is_int8_model(model):
+    params = int8_params(model)
+    if quant == "none":  # an int8 directory exported float: its weights dequantized
+      params = {k: v.dequantized() if isinstance(v, onnx_graph.Int8) else v
+                for k, v in params.items()}
+  else:
+    params = flat_params(model)
   cfg = model.config
-  proto = onnx_graph.build_onnx(cfg, flat_params(model), model.head, model.num_labels,
-                                table_bits=8 if quant == "int8" else 0)
+  proto = onnx_graph.build_onnx(cfg, params, model.head, model.num_labels)
   labels = list(assets.labels) if assets is not None and assets.labels else None
   meta = dict(format="onnx", runtime="onnxruntime", opset=onnx_graph.OPSET, quant=quant,
               head=model.head, num_labels=model.num_labels, labels=labels,
@@ -57,13 +61,7 @@ def export_onnx(model, out_dir: str, quant: str = "none",
     entry.key, entry.value = key, json.dumps(meta[key])
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, MODEL)
-  if quant == "int8":
-    with tempfile.TemporaryDirectory() as tmp:
-      float_path = os.path.join(tmp, "float.onnx")
-      onnx.save(proto, float_path)
-      quantize_int8(float_path, path)
-  else:
-    onnx.save(proto, path)
+  onnx.save(proto, path)
   meta["bytes"] = os.path.getsize(path)
   if assets is not None:
     for name, text in assets.files().items():
@@ -72,6 +70,21 @@ def export_onnx(model, out_dir: str, quant: str = "none",
   with open(os.path.join(out_dir, META), "w") as f:
     json.dump(meta, f, indent=2)
   return meta
+
+
+def int8_params(int8_model) -> dict:
+  """squeezebert.quant's int8 model as the graph builder's params: its int8 kernels and
+  tables as onnx_graph.Int8 (integers and scales unchanged), everything else float. Works for
+  an int8 directory too, e.g. one converted from a QAT run (`--mode int8`)."""
+  flat = quant_core.flat_state(int8_model)
+  out, pairs = {}, set()
+  for k, v in flat.items():
+    if k.endswith("/qvalue"):  # qwix kernels (.../kernel/array/qvalue), QuantizedTable rows
+      scale = k[: -len("qvalue")] + "scale"
+      out[k[: -len("/qvalue")].removesuffix("/array")] = onnx_graph.Int8(v, flat[scale])
+      pairs |= {k, scale}
+  out.update({k: v for k, v in flat.items() if k not in pairs})
+  return out
 
 
 def session(out_dir_or_file: str, threads: int = 0, spin: bool = True):

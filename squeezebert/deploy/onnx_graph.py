@@ -2,8 +2,8 @@
 
 Why by hand: jax2onnx lowers our einsums to broadcast Expand + Mul + ReduceSum (gigabytes per
 layer at batch 8), and jax2tf -> TFLite cannot read jax 0.10's StableHLO (docs/deployment.md).
-Here every projection is a real MatMul with a constant weight, the form that ONNX Runtime's
-int8 quantizer turns into its fast int8 GEMMs (MatMulInteger / DynamicQuantizeMatMul):
+Here every projection is a real MatMul with a constant weight (float), or with an `Int8`
+weight the dynamic-int8 pattern ONNX Runtime fuses into its int8 GEMM (DynamicQuantizeMatMul):
 
   grouped 1x1 conv (G > 1)   Split(x, G) -> G MatMul + Add -> Concat (G = 1: one MatMul)
   q, k, v with equal groups  one MatMul per group with the three kernels side by side; group
@@ -22,12 +22,24 @@ measured only ~4% faster, not worth a graph that only ORT can run.
 Inputs input_ids, attention_mask, token_type_ids: int64 [batch, sequence] (dynamic axes).
 Outputs by head: base -> last_hidden_state [B, L, D], pooler_output [B, D];
 classification / regression -> logits [B, N]; token -> logits [B, L, N]; qa -> start_logits,
-end_logits [B, L]. `table_bits=8` stores the word and position tables as int8 with one
-float scale per row, looked up as squeezebert.quant's QuantizedTable does.
+end_logits [B, L].
+
+int8 (params holding `Int8` values: squeezebert.quant's int8 model, onnx_export.int8_params):
+  weights     our int8 model's integers and per-output-channel scales, unchanged (qwix's
+              absmax / 127.5, range [-128, 127]); the 1/sqrt(head dim) goes into the q scales
+  activations DynamicQuantizeLinear: uint8, one scale and zero point per call (per tensor, per
+              group), computed on every call: nothing to calibrate, no range to carry
+  matmul      MatMulInteger -> int32, times activation scale x weight scales, + bias: exactly
+              what onnxruntime.quantization.quantize_dynamic writes, which ORT fuses at session
+              start into DynamicQuantizeMatMul (MLAS u8 x s8, AVX-512 VNNI here)
+  tables      word / position rows gathered as int8 and scaled per row (QuantizedTable)
+The attention score / context matmuls (activation x activation) stay float32: quantizing
+them too (ORT's MatMulConstBOnly=False) measured only ~3% faster.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -38,6 +50,39 @@ from squeezebert.model.config import ModelConfig
 OPSET = 17
 HEADS = ("base", "classification", "regression", "token", "qa")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclasses.dataclass
+class Int8:
+  """int8 values and the float32 scales that broadcast over them: a kernel [(G,) I, O] with
+  scales [(G,) 1, O] (per output channel) or a table [V, D] with scales [V, 1] (per row)."""
+  q: np.ndarray
+  scale: np.ndarray
+
+  def __post_init__(self):
+    self.q = np.asarray(self.q, np.int8)
+    self.scale = np.asarray(self.scale, np.float32)
+
+  @property
+  def shape(self):
+    return self.q.shape
+
+  def __getitem__(self, i):  # group i of a grouped kernel
+    return Int8(self.q[i], self.scale[i])
+
+  def __mul__(self, c: float):  # a constant factor goes into the scales
+    return Int8(self.q, self.scale * np.float32(c))
+
+  def dequantized(self) -> np.ndarray:
+    return self.q.astype(np.float32) * self.scale
+
+
+def _concat(kernels: list, axis: int = -1):
+  """Float arrays or Int8 kernels side by side along the output axis."""
+  if isinstance(kernels[0], Int8):
+    return Int8(np.concatenate([k.q for k in kernels], axis),
+                np.concatenate([k.scale for k in kernels], axis))
+  return np.concatenate(kernels, axis)
 
 
 def head_outputs(head: str) -> tuple[str, ...]:
@@ -86,13 +131,11 @@ class _Builder:
 
 
 class _Exporter:
-  def __init__(self, cfg: ModelConfig, params: dict, head: str, num_labels: int,
-               table_bits: int):
+  def __init__(self, cfg: ModelConfig, params: dict, head: str, num_labels: int):
     check_exportable(cfg, head)
-    if table_bits not in (0, 8):
-      raise ValueError(f"table_bits must be 0 (float) or 8, got {table_bits}")
-    self.cfg, self.head, self.num_labels, self.table_bits = cfg, head, num_labels, table_bits
-    self.p = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    self.cfg, self.head, self.num_labels = cfg, head, num_labels
+    self.p = {k: v if isinstance(v, Int8) else np.asarray(v, np.float32)
+              for k, v in params.items()}
     self.b = _Builder()
     self._bl = None
 
@@ -104,8 +147,21 @@ class _Exporter:
   def dense(self, x: str, prefix: str, kernel=None, bias=None) -> str:
     kernel = self.p[f"{prefix}/kernel"] if kernel is None else kernel
     bias = self.p[f"{prefix}/bias"] if bias is None else bias
-    y = self.b.op("MatMul", [x, self.w(prefix, kernel, f"{prefix}/kernel")], prefix)
+    if isinstance(kernel, Int8):
+      y = self.int8_matmul(x, kernel, prefix)
+    else:
+      y = self.b.op("MatMul", [x, self.w(prefix, kernel, f"{prefix}/kernel")], prefix)
     return self.b.op("Add", [y, self.w(prefix, bias, f"{prefix}/bias")], prefix)
+
+  def int8_matmul(self, x: str, kernel: Int8, prefix: str) -> str:
+    """x @ kernel in ORT's dynamic-int8 form (quantize_dynamic's nodes, fused by ORT)."""
+    b, out = self.b, kernel.shape[-1]
+    xq, xs, xzp = b.op("DynamicQuantizeLinear", [x], prefix, outputs=3)
+    scales = b.op("Mul", [xs, b.const(kernel.scale.reshape(out), f"{prefix}/kernel.scale")],
+                  prefix)
+    acc = b.op("MatMulInteger", [xq, b.const(kernel.q, f"{prefix}/kernel.int8"), xzp,
+                                 b.const(np.zeros(out, np.int8), f"{prefix}/kernel.zero")], prefix)
+    return b.op("Mul", [b.op("Cast", [acc], prefix, to=b.onnx.TensorProto.FLOAT), scales], prefix)
 
   def split(self, x: str, g: int, hint: str) -> list[str]:
     if g == 1:
@@ -146,14 +202,11 @@ class _Exporter:
   def table_rows(self, key: str, ids: str) -> str:
     """Gather of an embedding table: float, or int8 rows times their float scale."""
     table = self.p[key]
-    if not self.table_bits:
+    if not isinstance(table, Int8):
       return self.b.op("Gather", [self.w(key), ids], key, axis=0)
-    absmax = np.max(np.abs(table), axis=1, keepdims=True)
-    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)  # as fake.quantize
-    q = np.clip(np.round(table / scale), -127, 127).astype(np.int8)
-    rows = self.b.op("Cast", [self.b.op("Gather", [self.b.const(q, f"{key}.int8"), ids], key,
-                                        axis=0)], key, to=self.b.onnx.TensorProto.FLOAT)
-    scales = self.b.op("Gather", [self.b.const(scale, f"{key}.scale"), ids], key, axis=0)
+    rows = self.b.op("Cast", [self.b.op("Gather", [self.b.const(table.q, f"{key}.int8"), ids],
+                                        key, axis=0)], key, to=self.b.onnx.TensorProto.FLOAT)
+    scales = self.b.op("Gather", [self.b.const(table.scale, f"{key}.scale"), ids], key, axis=0)
     return self.b.op("Mul", [rows, scales], key)
 
   # ---------------------------------------------------------------- model
@@ -216,7 +269,7 @@ class _Exporter:
     if len(set(groups.values())) == 1 and h % g == 0:
       # One [D/G, 3 D/G] MatMul per group; its q, k, v blocks are heads [i h/g, (i+1) h/g).
       co = d // g
-      ks = np.concatenate([kernels[n] for n in ("query", "key", "value")], axis=-1)
+      ks = _concat([kernels[n] for n in ("query", "key", "value")])
       bs = np.concatenate([biases[n].reshape(g, co) for n in ("query", "key", "value")], -1)
       ys = self.grouped(self.split(x, g, f"{pre}/attention"), f"{pre}/attention/qkv", ks,
                         bs.reshape(-1))
@@ -289,8 +342,8 @@ class _Exporter:
     return model
 
 
-def build_onnx(cfg: ModelConfig, params: dict, head: str, num_labels: int = 2,
-               table_bits: int = 0):
+def build_onnx(cfg: ModelConfig, params: dict, head: str, num_labels: int = 2):
   """onnx.ModelProto of the deterministic forward; `params` is our flat '/'-joined dict
-  (squeezebert.model.params.flat_params). Float32 whatever the model's dtype."""
-  return _Exporter(cfg, params, head, num_labels, table_bits).build()
+  (squeezebert.model.params.flat_params: float32 whatever the model's dtype), with `Int8`
+  values for int8 kernels and tables (onnx_export.int8_params)."""
+  return _Exporter(cfg, params, head, num_labels).build()
