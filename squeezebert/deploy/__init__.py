@@ -6,6 +6,7 @@
 
 onnx_graph builds the graph from our parameters (real MatMuls; int8 weights of
 squeezebert.quant's int8 model in the form ORT runs on its int8 kernels), onnx_export writes
-the directory a device needs (model.onnx, deploy.json, tokenizer files). onnx / onnxruntime come from the `export` extra (deps.require names the pip
-command when they are missing). Why ONNX and not TFLite: docs/deployment.md.
+the directory a device needs (model.onnx, deploy.json, tokenizer files). onnx / onnxruntime
+come from the `export` extra (deps.require names the pip command when they are missing). Why
+ONNX and not TFLite: docs/deployment.md.
 """
