@@ -39,9 +39,9 @@ RESUME_FIELDS = ("task", "seed", "batch_size", "grad_accum_steps", "dtype", "ini
                  "init_layers", "reinit_params", "freeze_params", "optimizer", "learning_rate",
                  "weight_decay", "model", "quant", "distill.teacher", "data.max_len",
                  "data.train_limit", "data.bucket_boundaries", "data.vocab", "data.shards",
-                 "pretrain")
+                 "data.prepared_dir", "pretrain")
 # Values a saved config written before the field existed had (resume checks compare them).
-FIELD_DEFAULTS = {"data.shards": 1}
+FIELD_DEFAULTS = {"data.shards": 1, "data.prepared_dir": ""}
 
 
 def ckpt_dir(workdir: str) -> str:

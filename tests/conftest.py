@@ -46,10 +46,10 @@ if REPO_ROOT not in sys.path:  # experiments/ (sweep scripts) import as a packag
   sys.path.insert(0, REPO_ROOT)
 PARITY_LOG = os.environ.get("SQUEEZEBERT_PARITY_LOG", "/tmp/parity_errors.txt")
 DATA_ENV = {"tfds": "TFDS_DATA_DIR", "glue": "GLUE_DIR", "conll": "CONLL2003_DIR",
-            "squad": "SQUAD_DIR"}
+            "squad": "SQUAD_DIR", "corpus": "CORPUS_DIR"}
 # What each data dir must hold for the tests that use it.
 DATA_MARKER = {"tfds": "glue/sst2", "glue": "SST-2/dev.tsv", "conll": "valid.txt",
-               "squad": "dev-v1.1.json"}
+               "squad": "dev-v1.1.json", "corpus": "wordnet.txt"}
 
 
 def data_dir(kind: str) -> pathlib.Path:

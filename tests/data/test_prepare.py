@@ -5,7 +5,6 @@ shard tokens that decode back to the corpus text (bert-base-uncased vocab)."""
 import io
 import itertools
 import os
-import pathlib
 import shutil
 from contextlib import redirect_stderr
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from conftest import data_dir
 from squeezebert.data import prepare, pretraining, text_corpus
 from squeezebert.data import tokenizer as tokenization
 
@@ -23,24 +23,9 @@ SLICE = {"jane-austen.txt": 6, "python-docs.txt": 20, "wordnet.txt": 400, "fortu
 MAX_LEN, NUM_SHARDS = 64, 4
 
 
-def corpus_source() -> pathlib.Path:
-  """The local pretraining corpus: $CORPUS_DIR, else the `corpus` folder beside $GLUE_DIR (the
-  benchmark data layout .ci/run sets up). Skipped, or failed under SQUEEZEBERT_REQUIRE_DATA=1,
-  when absent."""
-  glue = os.environ.get("GLUE_DIR", "")
-  path = os.environ.get("CORPUS_DIR") or (os.path.join(os.path.dirname(glue), "corpus")
-                                          if glue else "")
-  if path and all((pathlib.Path(path) / f).is_file() for f in SLICE):
-    return pathlib.Path(path)
-  msg = f"test data: no local corpus (CORPUS_DIR / GLUE_DIR/../corpus: {path!r})"
-  if os.environ.get("SQUEEZEBERT_REQUIRE_DATA") == "1":
-    pytest.fail(msg)
-  pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-  src = corpus_source()
+  src = data_dir("corpus")  # $CORPUS_DIR (the local pretraining corpus)
   d = tmp_path_factory.mktemp("corpus_slice")
   for name, n in SLICE.items():
     docs = [doc for _, doc in itertools.islice(text_corpus.paragraph_documents(str(src / name)), n)]
