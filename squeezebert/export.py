@@ -37,6 +37,7 @@ from squeezebert import cli
 from squeezebert import assets as assets_lib
 from squeezebert.deploy import onnx_export
 from squeezebert.load import from_pretrained as load_model
+from squeezebert.quant import core as quant_core
 
 ARTIFACT = "model.jaxexport"
 META = "export.json"
@@ -144,7 +145,8 @@ def main_onnx(f, model):
                                  source=os.path.abspath(f.model))
   if f.check:
     res = check_onnx(model, f.out, 4, min(32, model.config.max_position_embeddings))
-    what = "int8 ONNX vs float JAX" if f.quant == "int8" else "ONNX vs JAX"
+    what = (f"{'int8 ' if f.quant == 'int8' else ''}ONNX vs the "
+            f"{'int8' if quant_core.is_int8_model(model) else 'float'} JAX model")
     print(f"check ({what}): " + ", ".join(f"{k} {v:.3g}" for k, v in res.items()))
   print(json.dumps({k: v for k, v in meta.items() if k != "model"}, indent=2))
 
