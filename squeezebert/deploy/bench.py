@@ -11,8 +11,8 @@ Rows (classification head, 2 labels, random weights: latency does not depend on 
   torch_fp32   HF BertForSequenceClassification, bert-base (dev extra: torch, transformers)
   torch_int8   the same after torch.ao.quantization.quantize_dynamic on its Linear layers
 Each thread count runs in its own process pinned to that many cores (sched_setaffinity before
-JAX starts, so XLA sizes its pool to them; ORT intra-op threads and torch.set_num_threads
-likewise). Within it every row is timed interleaved, round by round (each round calls every
+JAX starts its CPU client, so XLA sizes its pool to them; ORT intra-op threads and
+torch.set_num_threads likewise). Within it every row is timed interleaved, round by round (each round calls every
 row once), so drift on a shared host hits all rows alike; ms/seq is the median over rounds.
 ORT's and torch's worker threads are told not to spin after a call (they would take the cores
 from the next row).
@@ -192,12 +192,11 @@ def run(variant: str = "squeezebert-base", batches=(1, 8), threads=(1, 2), seq: 
     if n > len(cpus):
       raise ValueError(f"{n} threads asked, this process may use {len(cpus)} cores")
     spec = dict(variant=variant, threads=n, batches=list(batches), seq=seq, rounds=rounds,
-                warmup=warmup, rows=list(rows))
+                warmup=warmup, rows=list(rows), cpus=cpus[:n])
     with tempfile.TemporaryDirectory() as tmp:
       out_file = os.path.join(tmp, "out.json")
       cmd = [sys.executable, "-m", "squeezebert.deploy.bench", json.dumps(spec), out_file]
-      p = subprocess.run(cmd, preexec_fn=lambda n=n: os.sched_setaffinity(0, cpus[:n]),
-                         capture_output=True, text=True, env=_worker_env())
+      p = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
       if p.returncode:
         raise RuntimeError(f"bench worker ({n} threads) failed:\n{p.stderr[-3000:]}")
       with open(out_file) as f:
@@ -226,6 +225,8 @@ def table(out: dict) -> str:
 
 if __name__ == "__main__":  # the worker: python -m squeezebert.deploy.bench SPEC_JSON OUT_FILE
   spec = json.loads(sys.argv[1])
+  # Before JAX starts its CPU client, which sizes its thread pool to the schedulable cores.
+  os.sched_setaffinity(0, spec["cpus"])
   res = worker(spec["variant"], spec["threads"], spec["batches"], spec["seq"], spec["rounds"],
                spec["warmup"], tuple(spec["rows"]))
   with open(sys.argv[2], "w") as f:
