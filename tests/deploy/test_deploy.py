@@ -195,15 +195,23 @@ def test_export_cli_then_the_readme_snippet_classifies_without_jax(tmp_path):
     assert label == LABELS[int(np.argmax(want))]
 
 
-def test_cli_refuses_int8_jax_and_fixed_onnx_shapes(tmp_path):
+def test_cli_errors_name_the_problem(tmp_path):
+  """One line each: --quant with jax.export, fixed shapes with ONNX, and a missing onnx package
+  (hidden by a stub that fails to import) naming the pip command."""
   src = str(tmp_path / "model")
   save_pretrained(squeezebert.build_model(squeezebert.get_config("tiny"), head="base"), src)
-  for extra, msg in ((["--quant", "int8"], "--quant int8 is an ONNX option"),
-                     (["--format", "onnx", "--batch", "2"], "dynamic axes")):
+  stub = tmp_path / "stub"
+  stub.mkdir()
+  (stub / "onnx.py").write_text("raise ImportError('No module named onnx')\n")
+  hidden = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stub), str(REPO)])}
+  for extra, msg, env in (
+      (["--quant", "int8"], "--quant int8 is an ONNX option", None),
+      (["--format", "onnx", "--batch", "2"], "dynamic axes", None),
+      (["--format", "onnx"], 'install it with:\n  pip install -e ".[export]"', hidden)):
     p = subprocess.run([sys.executable, "-m", "squeezebert.export", "--model", src, "--out",
                         str(tmp_path / "o"), *extra], capture_output=True, text=True, cwd=REPO,
-                       timeout=300)
-    assert p.returncode == 1 and msg in p.stderr and "Traceback" not in p.stderr
+                       timeout=300, env=env)
+    assert p.returncode == 1 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr[-800:]
 
 
 def test_check_summary():
