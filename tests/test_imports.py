@@ -21,7 +21,7 @@ LAYERS = [
     {"load"},
     {"data", "tasks"},
     {"train"},
-    {"quant.cli", "robustness", "bench", "export", "main", "cli", "assets", "predict"},
+    {"quant.cli", "robustness", "bench", "export", "deploy", "main", "cli", "assets", "predict"},
 ]
 
 
