@@ -26,7 +26,12 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=2").strip()
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sqb_jax_cache_"))
+# One compilation cache for the whole run: xdist workers (same PYTEST_XDIST_TESTRUNUID) and the
+# subprocesses tests start reuse each other's compiles (JAX writes entries atomically).
+_cache = os.path.join(tempfile.gettempdir(), "sqb_jax_cache_" + os.environ.get(
+    "PYTEST_XDIST_TESTRUNUID", str(os.getpid())))
+os.makedirs(_cache, exist_ok=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

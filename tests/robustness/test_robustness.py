@@ -140,7 +140,9 @@ def _fresh_process_outputs(out_dir, ids, mask, types, tmp_path):
   return dict(np.load(tmp_path / "out.npz"))
 
 
-@pytest.mark.parametrize("kind", ["float", "int8"])
+# int8 is slow-marked: the float case runs the same round trip, and int8 reloads bit-identically
+# in tests/quant/test_quant.py::test_int8_model_reload_identical_and_small
+@pytest.mark.parametrize("kind", ["float", pytest.param("int8", marks=pytest.mark.slow)])
 def test_export_round_trip_exact(kind, tmp_path):
   from squeezebert.model import get_config, build_model  # noqa: PLC0415
   model = build_model(get_config("tiny", conv_layers=(1,)), head="classification", seed=1)

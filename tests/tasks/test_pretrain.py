@@ -231,6 +231,8 @@ def test_masked_position_logits_equal_full_logits():
 
 # ------------------------------------------------------------------------------- LAMB
 
+@pytest.mark.slow  # accumulation == full batch: test_grad_accumulation_matches_full_batch (the
+# same step code); LAMB runs in test_pretrain_end_to_end_and_hf_export
 def test_lamb_accumulation_matches_full_batch():
   cfg = runlocal(optimizer="lamb", model__hidden_dropout_prob=0.0,
                  model__attention_probs_dropout_prob=0.0)
