@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from squeezebert.data import prepare, pretraining, text_corpus
+from squeezebert.data import prepared, pretraining, text_corpus
 from squeezebert.data import tokenizer as tokenization
 from squeezebert.tasks import masking
 
@@ -96,10 +96,10 @@ class PretrainTask:
 
   def _prepared_manifest(self, shard_count: int, splits) -> dict:
     """The manifest of data.prepared_dir, checked against this run (max_len, vocab, shards)."""
-    m = prepare.read_manifest(self.prepared_dir)
-    prepare.check_compatible(
+    m = prepared.read_manifest(self.prepared_dir)
+    prepared.check_compatible(
         m, max_len=self.config.data.max_len, vocab_size=self.tokenizer.get_vocab_size(),
-        vocab_sha1=prepare.vocab_sha1(self.config.data.vocab or None), shard_count=shard_count,
+        vocab_sha1=prepared.vocab_sha1(self.config.data.vocab or None), shard_count=shard_count,
         splits=splits)
     return m
 
@@ -116,7 +116,7 @@ class PretrainTask:
     index, count = shard or (0, 1)
     if self.prepared_dir:
       self._prepared_manifest(count, (split,))
-      enc = prepare.load_prepared(self.prepared_dir, split, index, count, limit=limit)
+      enc = prepared.load_prepared(self.prepared_dir, split, index, count, limit=limit)
       logging.info("pretrain/%s: %d sequences, %d tokens from %s (shard %d of %d)", split,
                    len(enc), int(enc.lengths.sum()), self.prepared_dir, index, count)
       return enc
