@@ -37,6 +37,7 @@ from squeezebert import cli
 from squeezebert import assets as assets_lib
 from squeezebert.deploy import onnx_export
 from squeezebert.load import from_pretrained as load_model
+from squeezebert.model.params import write_files
 from squeezebert.quant import core as quant_core
 
 ARTIFACT = "model.jaxexport"
@@ -93,9 +94,7 @@ def export_model(model, out_dir: str, batch: int = 0, seq: int = 0,
               jax_version=jax.__version__)
   if assets is not None:
     meta.update(labels=list(assets.labels) if assets.labels else None, max_len=assets.max_len)
-    for name, text in assets.files().items():
-      with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-        f.write(text)
+    write_files(out_dir, assets.files())
   with open(os.path.join(out_dir, META), "w") as f:
     json.dump(meta, f, indent=2)
   return meta

@@ -84,7 +84,7 @@ def write_run_file(workdir: str, run: dict, write: bool = True) -> None:
   write=False: the check only (the processes of a multi-host run other than process 0)."""
   path = os.path.join(workdir, RUN_FILE)
   if exists(path) and checkpoint_steps(workdir):
-    old = _read_json(path)
+    old = read_json(path)
     if "model" in old and "model" in run:
       # Compare as ModelConfig: fields added since the workdir was written take their
       # defaults, and JSON lists equal tuples.
@@ -99,7 +99,7 @@ def write_run_file(workdir: str, run: dict, write: bool = True) -> None:
           "Use a new --workdir; the existing checkpoints were left untouched.")
     return
   if write:
-    _write_json(path, run)
+    write_json(path, run)
 
 
 def write_train_config(workdir: str, config) -> None:
@@ -118,22 +118,14 @@ def read_train_config(workdir: str):
   if not exists(path):
     raise FileNotFoundError(f"{path} not found (workdirs written before it existed): pass the "
                             "run's config explicitly")
-  return ml_collections.ConfigDict(_read_json(path))
+  return ml_collections.ConfigDict(read_json(path))
 
 
 def read_run_file(workdir: str) -> dict:
-  return _read_json(os.path.join(workdir, RUN_FILE))
+  return read_json(os.path.join(workdir, RUN_FILE))
 
 
 def read_json(path: str) -> dict:
-  return _read_json(path)
-
-
-def write_json(path: str, obj) -> None:
-  _write_json(path, obj)
-
-
-def _read_json(path: str) -> dict:
   try:
     return json.loads(epath.Path(path).read_text())
   except json.JSONDecodeError as e:
@@ -151,7 +143,7 @@ def _write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
   _write_text(path, json.dumps(obj, indent=2))
 
 
@@ -178,7 +170,7 @@ def resume_config_changes(workdir: str, config, fields=RESUME_FIELDS) -> list[st
   path = os.path.join(workdir, TRAIN_CONFIG)
   if not checkpoint_steps(workdir) or not exists(path):
     return []
-  saved = _read_json(path)
+  saved = read_json(path)
   out = []
   for field in fields:
     a, b = _get(saved, field), _get(config, field)

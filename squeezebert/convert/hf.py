@@ -22,7 +22,8 @@ from squeezebert.convert.ours import OURS_CONFIG
 from squeezebert.convert.torch_zip import load_torch_bin
 from squeezebert.model import ModelConfig, SqueezeBert
 from squeezebert.model.params import (CheckpointMismatchError, abstract_model, check_finite,
-                                      materialize, read_json, read_safetensors, replace_params)
+                                      materialize, read_json, read_safetensors, replace_params,
+                                      write_files)
 
 _HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
               "intermediate_size", "hidden_act", "hidden_dropout_prob",
@@ -191,11 +192,6 @@ def export_hf(model: SqueezeBert, out_dir: str, id2label: dict | None = None,
   write_files(out_dir, files)
   return out_dir
 
-
-def write_files(out_dir: str, files: dict | None) -> None:
-  for name, text in (files or {}).items():
-    with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-      f.write(text)
 
 
 

@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 
 from squeezebert.model import ModelConfig, SqueezeBert
 from squeezebert.model.params import (abstract_model, flat_params, load_params_into, read_json,
-                                      read_safetensors)
+                                      read_safetensors, write_files)
 
 OURS_CONFIG = "squeezebert_jax.json"
 
@@ -20,9 +20,7 @@ def save_pretrained(model: SqueezeBert, out_dir: str, extra: dict | None = None,
   """Our own directory: squeezebert_jax.json (config, head, labels, `extra`) +
   model.safetensors ('/'-joined param paths) + `files` ({name: text}, e.g. the tokenizer)."""
   os.makedirs(out_dir, exist_ok=True)
-  for name, text in (files or {}).items():
-    with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-      f.write(text)
+  write_files(out_dir, files)
   save_file(flat_params(model), os.path.join(out_dir, "model.safetensors"))
   meta = dict(model=model.config.architecture_dict(), head=model.head, num_labels=model.num_labels,
               **(extra or {}))

@@ -124,20 +124,11 @@ def resolve_source(data_dir: str | None = None, source: str = "auto",
   conll_dir = conll_dir or os.environ.get(CONLL_DIR_ENV) or None
   if source != "auto":
     return source
-  if tfds_prepared(data_dir):
-    return "tfds"
-  if conll_dir:
-    return "file"
-  tried = (f"TFDS has not prepared it under {tfds_data_dir(data_dir)} and no raw-file dir is "
-           "set")
   to_set = (f"Set --config.data.tfds_data_dir=DIR (or ${TFDS_DIR_ENV}) to a TFDS data dir "
             f"holding {TFDS_NAME}, or --config.data.conll_dir=DIR (or ${CONLL_DIR_ENV}) to a "
             "dir with train.txt/valid.txt/test.txt.")
-  if not download:
-    raise tfds_util.DataNotFoundError(f"no data for {TFDS_NAME}: {tried} (config.data."
-                                      f"download is off). {to_set}")
-  tfds_util.download_and_prepare(TFDS_NAME, data_dir, tried, to_set)
-  return "tfds"
+  return tfds_util.resolve_auto(TFDS_NAME, data_dir, conll_dir, "file", "raw-file dir", to_set,
+                                download)
 
 
 def load_sentences(split: str, data_dir: str | None = None, source: str = "auto",

@@ -276,21 +276,12 @@ def resolve_source(spec: TaskSpec, data_dir: str | None = None, source: str = "a
   tsv_dir = tsv_dir or os.environ.get(GLUE_DIR_ENV) or None
   if source != "auto":
     return source
-  if tfds_prepared(spec, data_dir):
-    return "tfds"
-  if tsv_dir:
-    return "tsv"
-  tried = (f"TFDS has not prepared it under {tfds_data_dir(data_dir)} and no GLUE TSV dir is "
-           "set")
   to_set = (f"Set --config.data.tfds_data_dir=DIR (or ${TFDS_DIR_ENV}) to a TFDS data dir "
             f"holding {spec.tfds_name} (`tfds build {spec.tfds_name} --data_dir=DIR` where "
             f"there is internet), or --config.data.tsv_dir=DIR (or ${GLUE_DIR_ENV}) to the "
             "GLUE TSVs (download_glue_data.py output).")
-  if not download:
-    raise tfds_util.DataNotFoundError(f"no data for {spec.tfds_name}: {tried} "
-                                      f"(config.data.download is off). {to_set}")
-  tfds_util.download_and_prepare(spec.tfds_name, data_dir, tried, to_set)
-  return "tfds"
+  return tfds_util.resolve_auto(spec.tfds_name, data_dir, tsv_dir, "tsv", "GLUE TSV dir",
+                                to_set, download)
 
 
 def load_examples(

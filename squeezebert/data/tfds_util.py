@@ -30,6 +30,24 @@ class DataNotFoundError(FileNotFoundError):
   """No copy of a dataset could be found or made: the message lists what was tried."""
 
 
+def resolve_auto(name: str, explicit_dir: str | None, raw_dir: str | None, raw_source: str,
+                 raw_what: str, to_set: str, download: bool) -> str:
+  """The `source="auto"` order for TFDS dataset `name`: "tfds" when it is prepared under the
+  data dir, else `raw_source` when a raw-file dir (`raw_what`) is set, else "tfds" after TFDS
+  downloads and prepares it (download on), else DataNotFoundError saying what was tried and
+  `to_set`."""
+  if prepared(name, explicit_dir):
+    return "tfds"
+  if raw_dir:
+    return raw_source
+  tried = f"TFDS has not prepared it under {data_dir(explicit_dir)} and no {raw_what} is set"
+  if not download:
+    raise DataNotFoundError(f"no data for {name}: {tried} (config.data.download is off). "
+                            f"{to_set}")
+  download_and_prepare(name, explicit_dir, tried, to_set)
+  return "tfds"
+
+
 def download_and_prepare(name: str, explicit_dir: str | None, tried: str, to_set: str) -> None:
   """TFDS downloads and prepares `name` under the data dir; DataNotFoundError (one line: what
   was tried, the download's failure, the flags and variables to set) when that fails."""

@@ -18,7 +18,7 @@ import numpy as np
 from squeezebert import assets as assets_lib
 from squeezebert.deploy import onnx_graph
 from squeezebert.deploy.deps import require
-from squeezebert.model.params import flat_params, float_model
+from squeezebert.model.params import flat_params, float_model, write_files
 from squeezebert.quant import core as quant_core
 from squeezebert.quant.config import QuantConfig
 
@@ -64,9 +64,7 @@ def export_onnx(model, out_dir: str, quant: str = "none",
   onnx.save(proto, path)
   meta["bytes"] = os.path.getsize(path)
   if assets is not None:
-    for name, text in assets.files().items():
-      with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-        f.write(text)
+    write_files(out_dir, assets.files())
   with open(os.path.join(out_dir, META), "w") as f:
     json.dump(meta, f, indent=2)
   return meta

@@ -8,6 +8,7 @@ surgery, int8 conversion) fills a model, with one error type for checkpoints tha
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,13 @@ def read_json(path: str) -> dict:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise CheckpointMismatchError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_files(out_dir: str, files: dict | None) -> None:
+  """Writes {name: text} (e.g. the tokenizer files an export carries) into `out_dir`."""
+  for name, text in (files or {}).items():
+    with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+      f.write(text)
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:

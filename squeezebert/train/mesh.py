@@ -13,6 +13,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from squeezebert.data import batching
+
 # Arrays smaller than this stay replicated under FSDP: splitting biases and LayerNorm scales
 # saves nothing and costs a collective each.
 FSDP_MIN_SIZE = 1 << 14
@@ -83,12 +85,8 @@ class Mesh:
   def put_global_batch(self, batch: dict) -> dict:
     """A global batch every process built alike (replicated eval data): each process puts its
     contiguous share of the rows."""
-    n, p = jax.process_count(), jax.process_index()
-    b = len(next(iter(batch.values())))
-    if b % n:
-      raise ValueError(f"global batch {b} not divisible by process_count={n}")
-    per = b // n
-    return self.put_batch({k: v[p * per:(p + 1) * per] for k, v in batch.items()})
+    return self.put_batch(batching.shard_batch_for_process(batch, jax.process_index(),
+                                                           jax.process_count()))
 
   def fetch(self, tree):
     """Global arrays -> host numpy on every process."""

@@ -106,26 +106,13 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
       # Micro-batch i = examples i, i+k, i+2k, ...: the batch is sharded over devices in
       # contiguous blocks, so strided micro-batches keep every device busy in every micro-step
       # (a contiguous split would put whole micro-batches on single devices).
-      micro = jax.tree.map(
-          lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
-      # The scan body must not close over the NNX module of this trace level: it re-creates the
-      # model from its (closed-over) pure state in each micro-step.
-      model_def, model_state = nnx.split(model)
-      model_state = nnx.as_pure(model_state)  # plain arrays: no Variables of this trace level
+      micro = jax.tree.map(micro_batches, batch)
+      fresh = pure_model(model)
 
       def micro_grads(mb, i):
-        return grads_of(nnx.merge(model_def, model_state), mb, jax.random.fold_in(rng, i),
-                        teacher_state)
+        return grads_of(fresh(), mb, jax.random.fold_in(rng, i), teacher_state)
 
-      first = micro_grads(jax.tree.map(lambda x: x[0], micro), 0)
-
-      def body(carry, i_mb):
-        i, mb = i_mb
-        return jax.tree.map(jnp.add, carry, micro_grads(mb, i)), None
-
-      rest = jax.tree.map(lambda x: x[1:], micro)
-      (loss, aux, grads), _ = jax.lax.scan(body, first, (jnp.arange(1, k), rest))
-      loss, aux, grads = jax.tree.map(lambda x: x / k, (loss, aux, grads))
+      loss, aux, grads = jax.tree.map(lambda x: x / k, summed_over(micro, micro_grads))
     opt.update(model, grads)
     grad_norm = optax.global_norm(grads)
     if mesh is not None and mesh.fsdp_size > 1:
@@ -141,6 +128,30 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
                "learning_rate": lr_schedule(step_no), "all_finite": all_finite, **aux}
     return nnx.state((model, opt)), metrics
 
+  def micro_batches(x):
+    """[B, ...] -> [k, B / k, ...]: micro-batch i = examples i, i+k, i+2k, ... (see step)."""
+    k = grad_accum_steps
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+  def pure_model(model):
+    """A function re-creating `model` from its pure state. The scan body must not close over
+    the NNX module of this trace level: it re-creates the model in each micro-step."""
+    model_def, model_state = nnx.split(model)
+    model_state = nnx.as_pure(model_state)  # plain arrays: no Variables of this trace level
+    return lambda: nnx.merge(model_def, model_state)
+
+  def summed_over(micro, micro_grads):
+    """sum over i of micro_grads(micro[i], i), as a scan over the leading axis."""
+    first = micro_grads(jax.tree.map(lambda x: x[0], micro), 0)
+
+    def body(carry, i_mb):
+      i, mb = i_mb
+      return jax.tree.map(jnp.add, carry, micro_grads(mb, i)), None
+
+    rest = jax.tree.map(lambda x: x[1:], micro)
+    total, _ = jax.lax.scan(body, first, (jnp.arange(1, grad_accum_steps), rest))
+    return total
+
   def grouped_accumulation(model, batch, rng, teacher_state):
     """Micro-batch i (rows i, i+k, ... as below) split into `groups` blocks of rows, block g
     on data slice g; vmap over the blocks (spmd_axis_name pins them to 'data') keeps each
@@ -149,17 +160,16 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
     k, g = grad_accum_steps, groups
 
     def split(x):  # [B, ...] -> [k, g, B / (k g), ...]
-      micro = jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+      micro = micro_batches(x)
       micro = micro.reshape(k, g, micro.shape[1] // g, *micro.shape[2:])
       return jax.lax.with_sharding_constraint(
           micro, NamedSharding(mesh.mesh, P(None, "data", "fsdp")))
 
     micro = jax.tree.map(split, batch)
-    model_def, model_state = nnx.split(model)
-    model_state = nnx.as_pure(model_state)
+    fresh = pure_model(model)
 
     def group_grads(mb, key):
-      return grads_of(nnx.merge(model_def, model_state), mb, key, teacher_state)
+      return grads_of(fresh(), mb, key, teacher_state)
 
     per_group = jax.vmap(group_grads, spmd_axis_name="data")
 
@@ -169,15 +179,7 @@ def make_train_step(graphdef, task, lr_schedule, grad_accum_steps: int = 1, teac
       loss, aux, grads = per_group(mb, keys)
       return loss, aux, constrain(grads, lead=("data",))
 
-    first = micro_grads(jax.tree.map(lambda x: x[0], micro), 0)
-
-    def body(carry, i_mb):
-      i, mb = i_mb
-      return jax.tree.map(jnp.add, carry, micro_grads(mb, i)), None
-
-    rest = jax.tree.map(lambda x: x[1:], micro)
-    (loss, aux, grads), _ = jax.lax.scan(body, first, (jnp.arange(1, k), rest))
-    return jax.tree.map(lambda x: x.sum(0) / (k * g), (loss, aux, grads))
+    return jax.tree.map(lambda x: x.sum(0) / (k * g), summed_over(micro, micro_grads))
 
   return jax.jit(step, donate_argnums=0)
 
