@@ -26,6 +26,20 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=2").strip()
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# XLA:CPU's newer fusion emitters take twice as long to compile the tiny test steps as the
+# classic ones (tests compile thousands of programs and run each once or twice). The flag is
+# probed once, in a child process, because an XLA_FLAGS entry this jaxlib does not know aborts
+# the process; the result travels to xdist workers and test subprocesses in the environment.
+FAST_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
+if "SQB_TEST_FAST_COMPILE" not in os.environ:
+  import subprocess
+  _probe = subprocess.run(
+      [sys.executable, "-c", "import jax; jax.devices()"], capture_output=True,
+      env=dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAG, JAX_PLATFORMS="cpu"))
+  os.environ["SQB_TEST_FAST_COMPILE"] = str(int(_probe.returncode == 0))
+if (os.environ["SQB_TEST_FAST_COMPILE"] == "1"
+    and FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", "")):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE_FLAG).strip()
 # One compilation cache for the whole run: xdist workers (same PYTEST_XDIST_TESTRUNUID) and the
 # subprocesses tests start reuse each other's compiles (JAX writes entries atomically).
 _cache = os.path.join(tempfile.gettempdir(), "sqb_jax_cache_" + os.environ.get(
@@ -137,6 +151,13 @@ def config(name: str, arg: str = "", **overrides):
 def runlocal(task="sst2", **overrides):
   """configs/glue.py's runlocal config (data from $TFDS_DATA_DIR / $GLUE_DIR)."""
   return config("glue", f"task={task},runlocal=True", **overrides)
+
+
+def xla_flags(devices: int) -> str:
+  """This session's XLA_FLAGS with `devices` fake host devices (for test subprocesses)."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join([f"--xla_force_host_platform_device_count={devices}", *kept])
 
 
 def read_jsonl(path):

@@ -130,8 +130,8 @@ def test_grouped_projection_matches_grouped_conv():
   conv = torch.nn.Conv1d(cin, cout, 1, groups=g)
   with torch.no_grad():
     conv.weight.copy_(torch.from_numpy(w_hf))
-    conv.bias.copy_(torch.from_numpy(np.asarray(p.bias[...])))
-    y_t = conv(torch.from_numpy(np.asarray(x_BxLxC)).permute(0, 2, 1)).permute(0, 2, 1).numpy()
+    conv.bias.copy_(torch.from_numpy(np.array(p.bias[...])))
+    y_t = conv(torch.from_numpy(np.array(x_BxLxC)).permute(0, 2, 1)).permute(0, 2, 1).numpy()
   np.testing.assert_allclose(y, y_t, atol=1e-5, rtol=0)
   # The name-table transforms are inverse to each other.
   np.testing.assert_array_equal(names._conv_to_ours(g)(w_hf), np.asarray(p.kernel[...]))

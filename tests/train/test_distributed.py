@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_metrics_close, ckpt_steps, needs_tfds, read_jsonl, runlocal
+from conftest import (REPO, assert_metrics_close, ckpt_steps, needs_tfds, read_jsonl, runlocal,
+                      xla_flags)
 from squeezebert import workdir as workdir_lib
 from squeezebert.data import batching
 from squeezebert.train import distributed, mesh as mesh_lib, trainer
@@ -152,7 +153,7 @@ def _cmd(workdir, *extra):
 def _env(devices: int, process: int | None = None, port: int | None = None) -> dict:
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   env.pop("GLUE_DIR", None)  # TFDS: every process reads its own slice of the records
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = xla_flags(devices)
   for var in (distributed.ENV_ADDRESS, distributed.ENV_COUNT, distributed.ENV_ID):
     env.pop(var, None)
   if process is not None:
