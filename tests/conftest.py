@@ -90,6 +90,12 @@ needs_tfds = pytest.mark.usefixtures("tfds_dir")
 needs_glue_tsv = pytest.mark.usefixtures("glue_dir")
 
 
+def pytest_collection_modifyitems(config, items):
+  """Heavy tests first (stable order otherwise): xdist hands the first tests out in turn, so
+  the long ones are shared between the workers instead of one of them finishing alone."""
+  items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 @pytest.fixture(scope="session")
 def repo_root():
   return REPO_ROOT

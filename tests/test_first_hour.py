@@ -58,6 +58,7 @@ def test_offline_missing_data_is_one_line_before_model_and_workdir(tmp_path, mon
   assert not wd.exists()
 
 
+@pytest.mark.heavy
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_the_workdir_reusable(tmp_path):
   wd = str(tmp_path / "wd")
   with pytest.raises(FloatingPointError):  # diverges at step 1, before any checkpoint
@@ -128,6 +129,7 @@ def test_pipeline_api_and_predict_cli(rte_run, tmp_path):
 
 
 # ------------------------------------------------------------------ the main CLI
+@pytest.mark.heavy
 def test_main_console_and_eval_predict_from_the_saved_config(tmp_path):
   wd = tmp_path / "wd"
   env = dict(os.environ, PYTHONUNBUFFERED="1")

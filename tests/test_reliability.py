@@ -293,6 +293,7 @@ def test_convert_never_overwrites(tmp_path):
 
 
 # ------------------------------------------------------------------ 8. clean failures
+@pytest.mark.heavy
 def test_user_error_is_one_line_without_traceback(tmp_path):
   cmd = [sys.executable, "-m", "squeezebert.main",
          f"--config={REPO / 'configs' / 'glue.py'}:task=sst2,runlocal=True",
@@ -312,6 +313,7 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert ("Traceback" in p.stderr) == traceback
 
 
+@pytest.mark.heavy
 def test_full_disk_removes_the_partial_checkpoint_and_the_rerun_resumes(sst2_run, tmp_path,
                                                                         monkeypatch):
   _, _, ref = sst2_run

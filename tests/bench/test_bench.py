@@ -122,6 +122,7 @@ def test_layout_and_batch_chunk_options():
 
 
 # ------------------------------------------------------------------ --mode train
+@pytest.mark.heavy
 def test_train_benchmark_schema_and_flops():
   r = bench.run_train_benchmark("tiny", batch=4, seq=16, dtype="float32", warmup=1, iters=2)
   json.dumps(r)
@@ -163,6 +164,7 @@ def test_train_compare_hf():
                                                  / out["median_s"]["ours/tiny"])
 
 
+@pytest.mark.heavy
 def test_train_cli(tmp_path):
   path = tmp_path / "train.json"
   p = subprocess.run([sys.executable, "-m", "squeezebert.bench", "--mode", "train",

@@ -151,6 +151,7 @@ def readme_snippet() -> str:
   return m.group(1)
 
 
+@pytest.mark.heavy
 def test_export_cli_then_the_readme_snippet_classifies_without_jax(tmp_path):
   """python -m squeezebert.export --format onnx [--quant int8], then README's snippet, exactly as
   written (only its directory replaced), in a fresh interpreter: no JAX / TF / squeezebert
@@ -195,6 +196,7 @@ def test_export_cli_then_the_readme_snippet_classifies_without_jax(tmp_path):
     assert label == LABELS[int(np.argmax(want))]
 
 
+@pytest.mark.heavy
 def test_cli_errors_name_the_problem(tmp_path):
   """One line each: --quant with jax.export, fixed shapes with ONNX, and a missing onnx package
   (hidden by a stub that fails to import) naming the pip command."""

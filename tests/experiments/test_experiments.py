@@ -25,6 +25,7 @@ def read(root, cell, seed=0):
     return json.load(f)
 
 
+@pytest.mark.heavy
 def test_layer_reduction_sweep_resumes_and_reports(tmp_path):
   root = tmp_path / "lr"
   cells = layer_reduction.make_cells([2, 1], ["every_other"], [0, 1], "", "squeezebert-small",

@@ -215,6 +215,7 @@ def test_rules_from_config():
   assert paths == ["seq_relationship", "cls/transform_dense"]
 
 
+@pytest.mark.heavy
 def test_static_ranges_calibrate_and_convert():
   # Mixed group counts: G=1 and G=2 projections side by side in each layer.
   model = make_model(cfg=CFG.replace(q_groups=1, intermediate_groups=1))
@@ -334,6 +335,7 @@ def test_bad_quant_config_in_trainer_and_cli():
 
 
 # ------------------------------------------------------------------ trainer + CLI
+@pytest.mark.heavy
 @needs_tfds
 def test_qat_training_then_int8_cli(tmp_path):
   """QAT is a config switch of the trainer; the CLI converts the run to the int8 model and

@@ -257,6 +257,7 @@ def _pretrain_cfg(corpus_dir, tmp_path, **over):
   return cfg
 
 
+@pytest.mark.heavy
 def test_pretrain_end_to_end_and_hf_export(corpus_dir, tmp_path):
   transformers = pytest.importorskip("transformers")
   torch = pytest.importorskip("torch")
@@ -282,6 +283,7 @@ def test_pretrain_end_to_end_and_hf_export(corpus_dir, tmp_path):
   assert np.abs(ours[valid] - theirs[valid]).max() < 1e-4
 
 
+@pytest.mark.heavy
 def test_pretrain_from_prepared_shards(corpus_dir, tmp_path, monkeypatch, caplog):
   """data.prepared_dir: the run reads shards from python -m squeezebert.data.prepare (no
   corpus needed), a process's share by index; a run they do not fit is refused up front."""
@@ -341,6 +343,7 @@ def test_pretrain_bad_config(corpus_dir, tmp_path):
     config("pretrain", "recipe=huge")
 
 
+@pytest.mark.heavy
 def test_pretrain_hidden_state_distillation_from_a_plain_encoder(corpus_dir, tmp_path):
   """alpha=0, hidden_weight>0: a teacher with no MLM head (a plain encoder, like the MiniLM
   checkpoint) guides pretraining through its hidden states, reading the unmasked text."""

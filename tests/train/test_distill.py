@@ -163,6 +163,7 @@ def wide_teacher_dir(tmp_path_factory):
   return d
 
 
+@pytest.mark.heavy
 @needs_tfds
 def test_projection_trains_resumes_and_is_dropped_on_load(wide_teacher_dir, tmp_path):
   workdir = tmp_path / "w"
@@ -241,6 +242,7 @@ def test_augmented_copy_doubles_the_batch_and_keeps_weights():
     distill.with_augmented_copy(batch)
 
 
+@pytest.mark.heavy
 def test_distillation_with_augmentation(teacher_dir):
   """The trainer's step on one batch, no dropout: the task loss reads only the first B rows of
   the (1 + copies) B-row forward, so it equals the plain step's; with a vanishing

@@ -20,6 +20,7 @@ from squeezebert.data import batching
 from squeezebert.train import distributed, mesh as mesh_lib, trainer
 
 
+@pytest.mark.heavy
 def test_fsdp_matches_data_parallel_and_accumulation_reduces_once():
   r = subprocess.run([sys.executable, str(REPO / "tests" / "train" / "mesh_check.py")],
                      cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -195,6 +196,7 @@ def _train_losses(workdir) -> dict:
           if r["split"] == "train"}
 
 
+@pytest.mark.heavy
 @needs_tfds
 def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   logs = tmp_path / "logs"

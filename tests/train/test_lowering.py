@@ -15,6 +15,7 @@ from squeezebert.model import SqueezeBert, get_config
 PLATFORMS = ("cuda", "tpu")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("variant,head,kw", [
     ("squeezebert-base", "classification", {}),
     ("bert-base", "classification", dict(fused_qkv=True, rng_impl="unsafe_rbg", remat="full")),
