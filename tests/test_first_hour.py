@@ -135,7 +135,8 @@ def test_main_console_and_eval_predict_from_the_saved_config(tmp_path):
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   train = subprocess.run(
       [sys.executable, "-m", "squeezebert.main", f"--workdir={wd}",
-       f"--config={REPO / 'configs' / 'glue.py'}:task=sst2,runlocal=True"],
+       f"--config={REPO / 'configs' / 'glue.py'}:task=sst2,runlocal=True",
+       "--config.num_train_steps=2"],
       capture_output=True, text=True, timeout=400, env=env)
   assert train.returncode == 0, train.stderr[-3000:]
   # A start banner and an end summary; orbax's per-save INFO lines are filtered out.

@@ -210,7 +210,7 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
 
   # Two processes, one device each; killed once a checkpoint exists.
   two = tmp_path / "two"
-  procs = _start_pair(two, logs, "--config.step_delay_secs=1.0")
+  procs = _start_pair(two, logs, "--config.step_delay_secs=0.5")
   try:
     deadline = time.time() + 400
     while not any(s >= 2 for s in ckpt_steps(two)):
@@ -218,7 +218,7 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
       assert time.time() < deadline, "no checkpoint in time:\n" + _log(logs)
       time.sleep(0.1)
     procs[1][0].send_signal(signal.SIGKILL)  # one host dies ...
-    time.sleep(3)
+    time.sleep(1)
     procs[0][0].send_signal(signal.SIGKILL)  # ... the scheduler takes the job down
   finally:
     _finish(procs, timeout=30)

@@ -13,9 +13,11 @@ from squeezebert.bench import train as train_bench
 from squeezebert.model import SqueezeBert, get_config
 
 PLATFORMS = ("cuda", "tpu")
+# The real widths, heads and vocab, with 2 of the 12 layers: the layers are one code path, and
+# lowering time grows with their number.
+LAYERS = 2
 
 
-@pytest.mark.heavy
 @pytest.mark.parametrize("variant,head,kw", [
     ("squeezebert-base", "classification", {}),
     ("bert-base", "classification", dict(fused_qkv=True, rng_impl="unsafe_rbg", remat="full")),
@@ -24,7 +26,8 @@ PLATFORMS = ("cuda", "tpu")
                                              attention_dropout=0.0)),
 ])
 def test_train_step_lowers_for_gpu_and_tpu(variant, head, kw):
-  config = train_bench.bench_config(variant, head, batch=8, seq=128, dtype="bfloat16", **kw)
+  config = train_bench.bench_config(variant, head, batch=8, seq=128, dtype="bfloat16",
+                                    layers=LAYERS, **kw)
   step, args = train_bench.abstract_train_step(config)
   exp = export.export(step, platforms=PLATFORMS)(*args)
   assert exp.platforms == PLATFORMS
@@ -40,7 +43,7 @@ def test_train_step_lowers_for_gpu_and_tpu(variant, head, kw):
 
 @pytest.mark.parametrize("variant", ["squeezebert-base", "bert-base"])
 def test_forward_lowers_for_gpu_and_tpu(variant):
-  cfg = get_config(variant, dtype="bfloat16")
+  cfg = get_config(variant, dtype="bfloat16", num_hidden_layers=LAYERS)
   abstract = nnx.eval_shape(lambda: SqueezeBert(cfg, head="classification",
                                                 rngs=nnx.Rngs(params=0)))
   graphdef, state = nnx.split(abstract)
