@@ -2,8 +2,12 @@
 
 Environment (set at import time, before anything imports jax): CPU-only JAX with two fake host
 devices, quiet TensorFlow, and fast CPU compiles for the whole session: most XLA
-optimisations off and a persistent compilation cache in a temp dir that every in-process run
-and every subprocess shares (the tiny runs compile the same steps over and over).
+optimisations off, XLA:CPU's classic emitters, and a persistent compilation cache in a temp
+dir that every in-process run and every subprocess shares (the tiny runs compile the same
+steps over and over). Compiling is most of the suite's time; these halve it.
+
+Scheduling: tests marked `heavy` (about 8 s or more) are collected first, so the two xdist
+workers share them and finish together.
 
 Data: one mechanism, the environment variables .ci/run sets: TFDS_DATA_DIR (TFDS-prepared
 glue/*, conll2003), GLUE_DIR (GLUE TSVs), CONLL2003_DIR (raw CoNLL-2003 files), SQUAD_DIR
