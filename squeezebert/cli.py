@@ -13,16 +13,11 @@ import sys
 
 from absl import app, flags
 
-from squeezebert.workdir import CheckpointError
-
+from squeezebert.workdir import BENIGN, CheckpointError
 
 # Libraries whose INFO lines (orbax: ~80 per checkpoint save) drown a run's own log.
 QUIET_LIBRARIES = ("/orbax/", "/tensorstore/", "/tensorflow_datasets/", "/etils/", "/jax/_src/",
                    "/flax/")
-
-
-# Warnings orbax gives for every read-only (loading) checkpoint manager: not a problem.
-BENIGN = ("Given directory is read only", "read_only=True, setting")
 
 
 class QuietLibraries(logging.Filter):

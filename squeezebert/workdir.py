@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging as pylogging
 import os
 import socket
 import sys
@@ -269,6 +270,26 @@ class CheckpointError(RuntimeError):
   """A checkpoint could not be written (the message says why: e.g. no space left)."""
 
 
+# Warnings orbax gives for every read-only (loading) checkpoint manager: not a problem.
+BENIGN = ("Given directory is read only", "read_only=True, setting")
+
+
+class _DropBenign(pylogging.Filter):
+  def filter(self, record):
+    return not any(b in record.getMessage() for b in BENIGN)
+
+
+@contextlib.contextmanager
+def _without_benign_warnings():
+  """Loading a run (from_pretrained, pipeline) should not print orbax's read-only notes."""
+  log, f = pylogging.getLogger("absl"), _DropBenign()
+  log.addFilter(f)
+  try:
+    yield
+  finally:
+    log.removeFilter(f)
+
+
 class Checkpoints:
   """The workdir's orbax CheckpointManager: latest `keep` + the best by `best_metric`."""
 
@@ -287,13 +308,14 @@ class Checkpoints:
     self.best_metric, self.best_mode = best_metric, best_mode
     # best_fn makes orbax save each checkpoint's metrics and rank by them (best_step); the
     # preservation policy decides what is kept: the latest N, plus the best.
-    options = ocp.CheckpointManagerOptions(
-        best_fn=best_fn, best_mode="max",
-        preservation_policy=pp.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
-        read_only=read_only, create=not read_only)
-    self.mngr = ocp.CheckpointManager(abs_path(ckpt_dir(workdir)), options=options,
-                                      item_names=("model", "optimizer", "meta"))
+    with _without_benign_warnings():
+      options = ocp.CheckpointManagerOptions(
+          best_fn=best_fn, best_mode="max",
+          preservation_policy=pp.AnyPreservationPolicy(policies),
+          enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+          read_only=read_only, create=not read_only)
+      self.mngr = ocp.CheckpointManager(abs_path(ckpt_dir(workdir)), options=options,
+                                        item_names=("model", "optimizer", "meta"))
 
   def latest_step(self) -> int | None:
     return self.mngr.latest_step()

@@ -109,8 +109,10 @@ def test_hf_export_carries_tokenizer_and_labels_for_transformers(rte_run, tmp_pa
   assert predict.pipeline(ours_dir)(pairs[:4]) == ours[:4]
 
 
-def test_pipeline_api_and_predict_cli(rte_run, tmp_path):
+def test_pipeline_api_and_predict_cli(rte_run, tmp_path, caplog):
+  caplog.set_level("WARNING")
   clf = predict.pipeline(str(rte_run))
+  assert "read only" not in caplog.text and "read_only" not in caplog.text  # orbax's notes
   out = clf([("A man sleeps.", "A person rests."), ("It rains.", "The sun is out.")])
   assert [set(o) for o in out] == [{"label", "score", "scores"}] * 2
   assert all(o["label"] in ("entailment", "not_entailment") for o in out)
