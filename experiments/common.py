@@ -3,7 +3,8 @@
 A sweep is a list of `Cell`s (a name, config overrides, report columns) x seeds. Each
 (cell, seed) runs in its own workdir `<root>/<cell>/seed<k>` through
 `squeezebert.train.trainer.train_and_evaluate`, so an interrupted cell resumes from its
-checkpoint and a finished one (`cell.json` present) is skipped. After training, a cell is
+checkpoint and a finished one (`cell.json` present) is skipped; if it ran other settings
+(steps, --set values, ...), the rerun stops first with an error naming them. After training, a cell is
 measured and `cell.json` records: the task metric (and every eval metric), params, analytic
 FLOPs per sequence, latency (squeezebert.bench on the trained model's config), model size on
 disk, train time and seed. `experiments/report.py` turns the cell.json files into tables and
@@ -165,6 +166,27 @@ def _main_metric(metrics: dict, name: str):
   return None
 
 
+# A finished cell is reused only when these match: what the trainer checks on resume, plus the
+# schedule (a rerun with other --steps or --set values is another experiment).
+FINISHED_FIELDS = workdir_lib.RESUME_FIELDS + ("num_train_steps", "num_epochs", "warmup_steps",
+                                               "warmup_ratio", "data.eval_limit")
+
+
+def check_finished(task: str, cell: Cell, seed: int, root: str, base: dict) -> None:
+  """A finished training cell is reused only if it ran these settings; else a ValueError
+  naming what differs (nothing is rerun or overwritten)."""
+  wd = workdir(root, cell.name, seed)
+  if cell.source is not None or not os.path.exists(os.path.join(wd, RESULT)):
+    return
+  config = cell_config(task, cell, seed, base)
+  config.data.shards = trainer.data_shards(config)  # 0 (auto) as the trainer resolves it
+  changes = workdir_lib.resume_config_changes(wd, config, FINISHED_FIELDS)
+  if changes:
+    raise ValueError(f"{cell.name} seed {seed} finished in {wd} with other settings: "
+                     f"{'; '.join(changes)}. Use a new --root (or remove that cell's "
+                     "directory to rerun it).")
+
+
 def run_cell(task: str, cell: Cell, seed: int, root: str, base: dict, bench_cfg: dict,
              cells: dict[str, Cell]) -> dict:
   """Train (or resume) one cell and measure it; returns (and writes) its cell.json."""
@@ -263,15 +285,13 @@ def run_sweep(cells: list[Cell], flag_values) -> list[dict]:
   base.update(parse_set(flag_values.set))
   bench_cfg = dict(batch=flag_values.bench_batch, seq=flag_values.bench_seq,
                    iters=flag_values.bench_iters)
+  todo = [(seed, c) for seed in seeds for c in cells if not only or c.name in only]
+  for seed, c in todo:  # before anything is written
+    check_finished(flag_values.task, c, seed, flag_values.root, base)
   os.makedirs(flag_values.root, exist_ok=True)
   with open(os.path.join(flag_values.root, "sweep.json"), "w") as f:
     json.dump(dict(task=flag_values.task, seeds=seeds, scale=flag_values.scale,
                    base={k: _jsonable(v) for k, v in base.items()},
                    cells=[c.name for c in cells]), f, indent=2)
-  out = []
-  for seed in seeds:
-    for c in cells:
-      if only and c.name not in only:
-        continue
-      out.append(run_cell(flag_values.task, c, seed, flag_values.root, base, bench_cfg, by_name))
-  return out
+  return [run_cell(flag_values.task, c, seed, flag_values.root, base, bench_cfg, by_name)
+          for seed, c in todo]

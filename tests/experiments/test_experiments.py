@@ -50,6 +50,12 @@ def test_layer_reduction_sweep_resumes_and_reports(tmp_path):
   mtime = os.path.getmtime(path)
   common.run_sweep(cells, flags_for(root))
   assert os.path.getmtime(path) == mtime
+  # ... but a rerun with other settings is refused before anything is written.
+  sweep_json = (root / "sweep.json").read_text()
+  with pytest.raises(ValueError, match=r"L2_full seed 0 finished .* with other settings: "
+                                       r"learning_rate: 5e-05 -> 0.001; num_train_steps: 4 -> 6"):
+    common.run_sweep(cells, flags_for(root, steps=6, set=["learning_rate=1e-3"]))
+  assert os.path.getmtime(path) == mtime and (root / "sweep.json").read_text() == sweep_json
   paths = report.build(str(root))
   for key in ("md", "csv", "cells_csv", "latency", "params", "layers"):
     assert os.path.exists(paths[key]), key
