@@ -28,6 +28,7 @@ command after a kill writes only the missing shards; other settings in OUT are r
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging as py_logging
@@ -45,11 +46,26 @@ from tqdm import tqdm
 from squeezebert import workdir as workdir_lib
 from squeezebert.data import pretraining, text_corpus
 from squeezebert.data import tokenizer as tokenization
-# The reading side lives in prepared.py (training imports only that); re-exported here.
-from squeezebert.data.prepared import (  # noqa: F401
-    _FLUSH_BYTES, _SPLIT_NAME, DOCS_DIR, DOCS_DONE, MANIFEST, SHARD_KEYS, VERSION, VOCAB_FILE,
-    _split_entry, check_compatible, load_prepared, read_manifest, read_shard, settings_differences,
-    shard_name, shard_seed, share_sizes, vocab_sha1)
+from squeezebert.data.prepared import MANIFEST, VERSION, VOCAB_FILE, read_manifest, vocab_sha1
+
+DOCS_DIR = ".docs"           # <split>/.docs: each shard's documents before packing
+DOCS_DONE = "complete.json"  # written once every document of the split is distributed
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_FLUSH_BYTES = 32 << 20      # document buffers are appended to their files past this size
+
+
+def shard_name(index: int, num_shards: int) -> str:
+  return f"shard-{index:05d}-of-{num_shards:05d}.npz"
+
+
+def shard_seed(seed: int, split: str, index: int) -> int:
+  """The packing seed of one shard: a function of (seed, split, shard) only."""
+  return int.from_bytes(hashlib.sha256(f"{seed}/{split}/{index}".encode()).digest()[:8], "little")
+
+
+def settings_differences(prepared: dict, wanted: dict) -> list[str]:
+  return [f"{k}: {prepared.get(k)!r} prepared, {wanted.get(k)!r} now"
+          for k in sorted(prepared.keys() | wanted.keys()) if prepared.get(k) != wanted.get(k)]
 
 
 def _check_inputs(corpus, corpus_dir, splits, num_shards, max_len, limit):

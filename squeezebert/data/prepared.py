@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -19,20 +18,7 @@ from squeezebert.data.batching import EncodedSplit
 VERSION = 2
 MANIFEST = "manifest.json"
 VOCAB_FILE = "vocab.txt"
-DOCS_DIR = ".docs"           # <split>/.docs: each shard's documents before packing
-DOCS_DONE = "complete.json"  # written once every document of the split is distributed
 SHARD_KEYS = ("tokens", "lengths", "a_lengths", "labels", "doc")
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_FLUSH_BYTES = 32 << 20      # document buffers are appended to their files past this size
-
-
-def shard_name(index: int, num_shards: int) -> str:
-  return f"shard-{index:05d}-of-{num_shards:05d}.npz"
-
-
-def shard_seed(seed: int, split: str, index: int) -> int:
-  """The packing seed of one shard: a function of (seed, split, shard) only."""
-  return int.from_bytes(hashlib.sha256(f"{seed}/{split}/{index}".encode()).digest()[:8], "little")
 
 
 def vocab_sha1(vocab: str | None = None) -> str:
@@ -40,11 +26,6 @@ def vocab_sha1(vocab: str | None = None) -> str:
   $SQUEEZEBERT_VOCAB, else the packaged bert-base-uncased vocab)."""
   with open(tokenization.resolve_vocab(vocab), "rb") as f:
     return hashlib.sha1(f.read()).hexdigest()
-
-
-def settings_differences(prepared: dict, wanted: dict) -> list[str]:
-  return [f"{k}: {prepared.get(k)!r} prepared, {wanted.get(k)!r} now"
-          for k in sorted(prepared.keys() | wanted.keys()) if prepared.get(k) != wanted.get(k)]
 
 
 # ------------------------------------------------------------------ manifest and reading

@@ -14,6 +14,7 @@ from absl import flags
 
 from conftest import data_dir
 from squeezebert.data import prepare, pretraining, text_corpus
+from squeezebert.data import prepared as reading
 from squeezebert.data import tokenizer as tokenization
 
 # Documents taken from the head of each corpus file: prose chapters, documentation pages,
@@ -75,7 +76,7 @@ def test_shards_and_manifest(prepared, documents):
     assert [s["documents"] for s in e["shards"]] == [
         len(range(j, len(docs), NUM_SHARDS)) for j in range(NUM_SHARDS)]
   assert m["splits"]["train"]["sequences"] > 1000
-  assert prepare.read_manifest(str(out))["totals"] == m["totals"]
+  assert reading.read_manifest(str(out))["totals"] == m["totals"]
 
 
 def test_resume_rewrites_only_the_missing_shard(prepared, corpus, tmp_path):
@@ -87,11 +88,11 @@ def test_resume_rewrites_only_the_missing_shard(prepared, corpus, tmp_path):
   original = _arrays(lost)
   # A run killed while packing: the shard file and its manifest entry are missing.
   lost.unlink()
-  manifest = prepare.read_manifest(str(out))
+  manifest = reading.read_manifest(str(out))
   manifest["splits"]["train"]["shards"][2] = None
   prepare._write_manifest(manifest)
   with pytest.raises(ValueError, match="incomplete .3 of 4 shards.*rerun the prepare command"):
-    prepare.load_prepared(str(out), "train")
+    reading.load_prepared(str(out), "train")
   again = _prepare(out, corpus, root / "tfds")
   assert again["this_run"]["shards_written"] == 1
   rewritten = _arrays(lost)
@@ -105,7 +106,7 @@ def test_resume_rewrites_only_the_missing_shard(prepared, corpus, tmp_path):
   # A shard truncated on disk (size differs from the manifest) is rewritten too.
   lost.write_bytes(lost.read_bytes()[:100])
   with pytest.raises(ValueError, match="100 bytes, the manifest says"):
-    prepare.load_prepared(str(out), "train", 0, 2)
+    reading.load_prepared(str(out), "train", 0, 2)
   assert _prepare(out, corpus, root / "tfds")["this_run"]["shards_written"] == 1
   # Nothing left to do.
   assert _prepare(out, corpus, root / "tfds")["this_run"]["shards_written"] == 0
@@ -137,7 +138,7 @@ def test_crash_while_packing_resumes_from_the_distributed_documents(prepared, co
   monkeypatch.setattr(prepare.text_corpus, "load_documents", no_reading)
   with pytest.raises(AssertionError, match="already distributed"):
     _prepare(out, corpus, root / "tfds")  # train resumes; validation must be read
-  m = prepare.read_manifest(str(out))
+  m = reading.read_manifest(str(out))
   assert m["splits"]["train"]["complete"] and not (out / "train" / ".docs").exists()
   for j in range(NUM_SHARDS):
     name = f"train/shard-{j:05d}-of-{NUM_SHARDS:05d}.npz"
@@ -178,13 +179,13 @@ def test_other_settings_are_refused(prepared, corpus, tmp_path, capsys):
 def test_shares_partition_the_split(prepared):
   root, m = prepared
   out = str(root / "out")
-  whole = prepare.load_prepared(out, "train")
+  whole = reading.load_prepared(out, "train")
   assert len(whole) == m["splits"]["train"]["sequences"]
   np.testing.assert_array_equal(np.sort(whole.idx), np.arange(len(whole)))
-  halves = [prepare.load_prepared(out, "train", i, 2) for i in range(2)]
+  halves = [reading.load_prepared(out, "train", i, 2) for i in range(2)]
   assert not set(halves[0].idx) & set(halves[1].idx)
   assert sorted([*halves[0].idx, *halves[1].idx]) == list(range(len(whole)))
-  assert [len(h) for h in halves] == prepare.share_sizes(m, "train", 2)
+  assert [len(h) for h in halves] == reading.share_sizes(m, "train", 2)
   pos = {int(i): r for r, i in enumerate(whole.idx)}
   for h in halves:
     rows = [pos[int(i)] for i in h.idx]
@@ -196,16 +197,16 @@ def test_shares_partition_the_split(prepared):
   # limit: the sequences of the split's first documents only.
   docs = np.concatenate([_arrays(root / "out" / e["file"])["doc"]
                          for e in m["splits"]["train"]["shards"]])
-  few = prepare.load_prepared(out, "train", limit=50)
+  few = reading.load_prepared(out, "train", limit=50)
   assert len(few) == int((docs < 50).sum()) and 0 < len(few) < len(whole)
   with pytest.raises(ValueError, match="4 shards per split, too few to read as 5"):
-    prepare.load_prepared(out, "train", 0, 5)
+    reading.load_prepared(out, "train", 0, 5)
   with pytest.raises(ValueError, match="no split 'test'"):
-    prepare.load_prepared(out, "test")
+    reading.load_prepared(out, "test")
   with pytest.raises(ValueError, match="packed to max_len=64 but the run uses max_len=128"):
-    prepare.check_compatible(m, max_len=128)
+    reading.check_compatible(m, max_len=128)
   with pytest.raises(ValueError, match="another vocab"):
-    prepare.check_compatible(m, max_len=64, vocab_size=30522, vocab_sha1="0" * 40)
+    reading.check_compatible(m, max_len=64, vocab_size=30522, vocab_sha1="0" * 40)
 
 
 def test_shard_tokens_decode_to_the_corpus_text(prepared, documents):
@@ -222,7 +223,7 @@ def test_shard_tokens_decode_to_the_corpus_text(prepared, documents):
   normalized = {s: [squeeze(tok.normalizer.normalize_str(d)) for d in docs]
                 for s, docs in documents.items()}
   for split in ("train", "validation"):
-    enc = prepare.load_prepared(str(root / "out"), split)
+    enc = reading.load_prepared(str(root / "out"), split)
     checked = 0
     for e in m["splits"][split]["shards"]:
       a = _arrays(root / "out" / e["file"])

@@ -16,7 +16,7 @@ from squeezebert.train.mesh import Mesh
 from squeezebert.train import setup as setup_lib
 from squeezebert.model import surgery
 from squeezebert import convert
-from squeezebert.data import prepare, pretraining, text_corpus
+from squeezebert.data import prepare, prepared, pretraining, text_corpus
 from squeezebert.data import tokenizer as tokenization
 from squeezebert.model import SqueezeBert, get_config
 from squeezebert.tasks import masking
@@ -297,13 +297,13 @@ def test_pretrain_from_prepared_shards(corpus_dir, tmp_path, monkeypatch, caplog
   limit = cfg.data.train_limit
   for shard, (index, count) in ((None, (0, 1)), ((1, 2), (1, 2))):
     got = task.load("train", shard)
-    want = prepare.load_prepared(str(out), "train", index, count, limit=limit)
+    want = prepared.load_prepared(str(out), "train", index, count, limit=limit)
     assert len(got) > 0
     np.testing.assert_array_equal(got.idx, want.idx)
     np.testing.assert_array_equal(got.input_ids, want.input_ids)
   # The first `limit` documents, as the corpus path reads them: sequences of document >= limit
   # are left out.
-  assert len(task.load("train")) < len(prepare.load_prepared(str(out), "train"))
+  assert len(task.load("train")) < len(prepared.load_prepared(str(out), "train"))
   assert len(task.load("validation")) > 0
   result = trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
   for k in ("mlm_loss", "perplexity", "sop_accuracy"):
