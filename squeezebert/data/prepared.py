@@ -136,8 +136,9 @@ def load_prepared(out_dir: str, split: str, shard_index: int = 0, shard_count: i
       a = dict(a, **{k: a[k][keep] for k in a if k != "tokens"})
     parts.append(a)
   a = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  vocab = (epath.Path(out_dir) / VOCAB_FILE).read_text(encoding="utf-8").splitlines()
-  cont = np.array([t.startswith("##") for t in vocab])  # continuation_table, by line = id
+  # vocab.txt read through epath (out_dir may be a URL): line i is the piece of id i.
+  lines = (epath.Path(out_dir) / VOCAB_FILE).read_text(encoding="utf-8").splitlines()
+  cont = pretraining.continuation_table({t: i for i, t in enumerate(lines)})
   p = pretraining.to_padded(a, m["settings"]["max_len"], cont)
   idx = a["idx"].astype(np.int32 if offsets[-1] < 2**31 else np.int64)
   return EncodedSplit(p["input_ids"], p["token_type_ids"], a["lengths"],

@@ -41,9 +41,11 @@ def split_sentences(document: str) -> list[str]:
   return out
 
 
-def continuation_table(tokenizer) -> np.ndarray:
-  """bool[vocab]: True for WordPiece continuation pieces ('##...')."""
-  vocab = tokenizer.get_vocab()
+def continuation_table(tokenizer_or_vocab) -> np.ndarray:
+  """bool[vocab]: True for WordPiece continuation pieces ('##...'). Takes a tokenizer or its
+  vocab as {piece: id}."""
+  vocab = (tokenizer_or_vocab if isinstance(tokenizer_or_vocab, dict)
+           else tokenizer_or_vocab.get_vocab())
   table = np.zeros(max(vocab.values()) + 1, bool)
   for tok, i in vocab.items():
     table[i] = tok.startswith("##")
