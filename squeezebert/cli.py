@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from squeezebert.workdir import BENIGN, CheckpointError
+from squeezebert.workdir import CheckpointError
 
 # Libraries whose INFO lines (orbax: ~80 per checkpoint save) drown a run's own log.
 QUIET_LIBRARIES = ("/orbax/", "/tensorstore/", "/tensorflow_datasets/", "/etils/", "/jax/_src/",
@@ -21,13 +21,11 @@ QUIET_LIBRARIES = ("/orbax/", "/tensorstore/", "/tensorflow_datasets/", "/etils/
 
 
 class QuietLibraries(logging.Filter):
-  """Drops below-WARNING records logged from QUIET_LIBRARIES' source files, and orbax's
-  benign read-only warnings."""
+  """Drops below-WARNING records logged from QUIET_LIBRARIES' source files (orbax's read-only
+  notes are dropped where the read-only manager is made: workdir.Checkpoints)."""
 
   def filter(self, record):
     lib = any(part in (record.pathname or "") for part in QUIET_LIBRARIES)
-    if lib and any(b in record.getMessage() for b in BENIGN):
-      return False
     return record.levelno >= logging.WARNING or not lib
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError,

@@ -271,12 +271,12 @@ class CheckpointError(RuntimeError):
 
 
 # Warnings orbax gives for every read-only (loading) checkpoint manager: not a problem.
-BENIGN = ("Given directory is read only", "read_only=True, setting")
+_BENIGN = ("Given directory is read only", "read_only=True, setting")
 
 
 class _DropBenign(pylogging.Filter):
   def filter(self, record):
-    return not any(b in record.getMessage() for b in BENIGN)
+    return not any(b in record.getMessage() for b in _BENIGN)
 
 
 @contextlib.contextmanager
