@@ -4,10 +4,10 @@ A sweep is a list of `Cell`s (a name, config overrides, report columns) x seeds.
 (cell, seed) runs in its own workdir `<root>/<cell>/seed<k>` through
 `squeezebert.train.trainer.train_and_evaluate`, so an interrupted cell resumes from its
 checkpoint and a finished one (`cell.json` present) is skipped; if it ran other settings
-(steps, --set values, ...), the rerun stops first with an error naming them. After training, a cell is
-measured and `cell.json` records: the task metric (and every eval metric), params, analytic
-FLOPs per sequence, latency (squeezebert.bench on the trained model's config), model size on
-disk, train time and seed. `experiments/report.py` turns the cell.json files into tables and
+(steps, --set values, ...), the rerun stops first with an error naming them. After training, a
+cell is measured and `cell.json` records: the task metric (and every eval metric), params,
+analytic FLOPs per sequence, latency (squeezebert.bench on the trained model's config), model
+size on disk, train time and seed. `experiments/report.py` turns the cell.json files into tables and
 plots.
 
 Post-training cells (PTQ) have `source=<cell>`: they quantize that cell's finished workdir

@@ -193,9 +193,6 @@ def export_hf(model: SqueezeBert, out_dir: str, id2label: dict | None = None,
   return out_dir
 
 
-
-
-
 def is_hf_dir(path: str) -> bool:
   return (os.path.exists(os.path.join(path, "config.json"))
           and not os.path.exists(os.path.join(path, OURS_CONFIG)))
